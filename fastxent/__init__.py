@@ -1,0 +1,11 @@
+"""fastxent: softmax cross-entropy and its gradient over very large vocabularies, fast and lean.
+
+Numba-compiled kernels stream over the class axis with an online log-sum-exp, so the loss and the
+gradient come out of one or two passes over the logits with no temporaries of their size.
+"""
+
+from ._api import cross_entropy, cross_entropy_with_grad, logsumexp
+
+__version__ = "0.1.0"
+
+__all__ = ["cross_entropy", "cross_entropy_with_grad", "logsumexp", "__version__"]

@@ -1,0 +1,281 @@
+"""Public functions: argument checking, normalisation to 2-D storage views, dispatch, reduction.
+
+Kernels return per-row statistics (``fastxent/kernels/__init__.py``); the losses of every option
+are assembled from them here in float64, in O(N) work.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import _checks, _dispatch
+from ._dtypes import compute_dtype, storage_view
+
+
+@dataclass
+class _Problem:
+    backend: object
+    dtype: np.dtype  # the logits' own dtype
+    x: np.ndarray  # (N, V) storage view, C-contiguous
+    kind: str  # "index" or "prob"
+    targets: np.ndarray  # (N,) int64 with -1 = ignored, or (N, V) storage view of probabilities
+    weight: object  # (V,) float64 or None
+    smoothing: float
+    z_loss: float
+    softcap: object
+    reduction: str
+    lead: tuple  # logits.shape[:-1]
+    valid: np.ndarray  # (N,) bool
+    denom: float  # what "mean" divides the cross-entropy by
+    n_valid: int  # what "mean" divides the z-loss by
+
+    @property
+    def n_classes(self):
+        return self.x.shape[1]
+
+    @property
+    def weight_sum(self):
+        return float(self.n_classes) if self.weight is None else float(self.weight.sum())
+
+
+def _prepare(logits, targets, reduction, ignore_index, weight, label_smoothing, z_loss, softcap,
+             backend):
+    a = _checks.logits_array(logits)
+    red = _checks.reduction(reduction)
+    ignore = _checks.ignore_index(ignore_index)
+    eps = _checks.real(label_smoothing, "label_smoothing", low=0.0, high=1.0)
+    z = _checks.real(z_loss, "z_loss", low=0.0)
+    cap = _checks.softcap(softcap)
+    n_classes = a.shape[-1]
+    if n_classes == 0:
+        raise ValueError(f"logits has shape {a.shape}: the last axis holds the classes and must "
+                         "not be empty")
+    w = _checks.weight(weight, n_classes)
+    kind, t = _checks.targets(targets, a.shape, ignore)
+    be = _dispatch.choose(backend, a)
+    x = storage_view(np.ascontiguousarray(a)).reshape(-1, n_classes)
+    n = x.shape[0]
+    if kind == "index":
+        valid = t >= 0
+        n_valid = int(np.count_nonzero(valid))
+        denom = float(n_valid) if w is None else float(w[t[valid]].sum())
+    else:
+        t = storage_view(np.ascontiguousarray(t)).reshape(-1, n_classes)
+        valid = np.ones(n, dtype=bool)
+        n_valid = n
+        denom = float(n)  # as PyTorch: probability targets average over rows, whatever the weights
+    return _Problem(be, a.dtype, x, kind, t, w, eps, z, cap, red, a.shape[:-1], valid, denom, n_valid)
+
+
+def _stats(p, coef=None, grad=None):
+    return p.backend.rows(p.x, p.targets, p.weight, p.softcap, p.smoothing > 0, coef, grad)
+
+
+def _loss(p, stats):
+    """Per-row losses from ``[lse, Σwqy, Σwq, Σwy]``, then the reduction."""
+    lse, swqy, swq, swy = stats.T
+    with np.errstate(invalid="ignore", over="ignore"):
+        ce = (1.0 - p.smoothing) * (lse * swq - swqy)
+        if p.smoothing > 0:
+            ce += p.smoothing / p.n_classes * (lse * p.weight_sum - swy)
+        zt = p.z_loss * lse * lse if p.z_loss > 0 else np.zeros_like(lse)
+    ce = np.where(p.valid, ce, 0.0)
+    zt = np.where(p.valid, zt, 0.0)
+    if p.reduction == "none":
+        return (ce + zt).astype(compute_dtype(p.dtype)).reshape(p.lead)
+    if p.reduction == "sum":
+        return float(np.sum(ce) + np.sum(zt))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return float(np.float64(np.sum(ce)) / p.denom + np.float64(np.sum(zt)) / p.n_valid)
+
+
+def _coefficients(p, grad_output):
+    """(N, 3) float64 [c0, c1, c2] of the gradient formula for each row (zeros for ignored)."""
+    go = _checks.grad_output(grad_output, p.reduction, p.lead)
+    n = p.x.shape[0]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        if p.reduction == "none":
+            s = np.broadcast_to(go, p.lead).reshape(-1)
+            s_z = s
+        elif p.reduction == "sum":
+            s = s_z = np.full(n, go)
+        else:
+            s = np.full(n, go / np.float64(p.denom))
+            s_z = np.full(n, go / np.float64(p.n_valid))
+    coef = np.zeros((n, 3))
+    v = p.valid
+    coef[v, 0] = s[v] * (1.0 - p.smoothing)
+    coef[v, 1] = s[v] * (p.smoothing / p.n_classes)
+    coef[v, 2] = s_z[v] * (2.0 * p.z_loss)
+    return coef
+
+
+def cross_entropy(logits, targets, *, reduction="mean", ignore_index=-100, weight=None,
+                  label_smoothing=0.0, z_loss=0.0, softcap=None, backend="auto"):
+    """Softmax cross-entropy of logits against class indices or probabilities.
+
+    Streams over the class axis: no array of the logits' size is created.
+
+    Parameters
+    ----------
+    logits : ndarray, shape (..., V)
+        Unnormalised scores, class axis last; float32, float64, float16 or bfloat16
+        (``ml_dtypes.bfloat16``). Arithmetic is in float32 (float64 for float64 inputs).
+    targets : ndarray
+        Integer class indices of shape ``logits.shape[:-1]``, or a floating array of the
+        logits' shape holding a target distribution per row (probability targets).
+    reduction : {"mean", "sum", "none"}
+        ``"mean"`` divides by the summed weights of the non-ignored targets (their count without
+        ``weight``; the row count for probability targets), as ``torch.nn.functional.cross_entropy``.
+        ``"none"`` returns one loss per row, shape ``logits.shape[:-1]``.
+    ignore_index : int
+        Class index whose rows contribute neither loss nor gradient (index targets only).
+    weight : array_like, shape (V,), optional
+        Per-class weights (negative values allowed), as in PyTorch.
+    label_smoothing : float in [0, 1]
+        Mixes the target with the uniform distribution, as in PyTorch (weights included).
+    z_loss : float >= 0
+        Adds ``z_loss * lse**2`` per non-ignored row (PaLM's auxiliary loss). With
+        ``reduction="mean"`` this term is averaged over non-ignored rows, unweighted, as in
+        Liger-Kernel.
+    softcap : float > 0, optional
+        Applies ``softcap * tanh(logits / softcap)`` before everything else (Gemma 2).
+    backend : {"auto", "cpu", "numpy"}
+        ``"cpu"``: Numba kernels; ``"numpy"``: the float64 reference; ``"auto"``: the fastest
+        usable backend for where the data lives.
+
+    Returns
+    -------
+    loss : float or ndarray
+        A Python float for ``"mean"``/``"sum"`` (NaN for a mean over no valid row, 0.0 for a sum
+        over no row); for ``"none"`` an array in float32 (float64 for float64 logits).
+
+    Raises
+    ------
+    TypeError, ValueError, IndexError
+        Wrong types, shapes or options; ``IndexError`` for a class index outside ``[0, V)`` that
+        is not ``ignore_index``, naming the first such position.
+
+    Notes
+    -----
+    For row ``i`` with logits ``x``, target ``t`` and ``lse = log Σ_j exp(x_j)``,
+    ``loss_i = lse - x_t``. Non-finite logits behave as in PyTorch: ``-inf`` masks a class,
+    NaN propagates to its row.
+
+    Examples
+    --------
+    >>> import numpy as np, fastxent as fx
+    >>> logits = np.array([[2.0, 1.0, 0.1]], dtype=np.float32)
+    >>> round(fx.cross_entropy(logits, np.array([0])), 4)
+    0.417
+    >>> fx.cross_entropy(logits, np.array([-100]), reduction="sum")
+    0.0
+    >>> fx.cross_entropy(np.zeros((2, 4), np.float32), np.array([1, 3]), reduction="none")
+    array([1.3862944, 1.3862944], dtype=float32)
+    """
+    p = _prepare(logits, targets, reduction, ignore_index, weight, label_smoothing, z_loss,
+                 softcap, backend)
+    return _loss(p, _stats(p))
+
+
+def cross_entropy_with_grad(logits, targets, *, reduction="mean", ignore_index=-100, weight=None,
+                            label_smoothing=0.0, z_loss=0.0, softcap=None, backend="auto",
+                            grad_output=1.0, out=None, inplace=False):
+    """Cross-entropy and its gradient with respect to the logits, in one fused pass.
+
+    Each row is read from memory once for its statistics and once more, from cache, to write
+    its gradient. Takes every argument of :func:`cross_entropy`, plus:
+
+    Parameters
+    ----------
+    grad_output : float or array_like
+        The upstream gradient: the result is the gradient of ``grad_output * loss`` (summed over
+        rows for ``reduction="none"``, where ``grad_output`` broadcasts to the loss shape).
+    out : ndarray, optional
+        Where to write the gradient: the logits' shape and dtype, not overlapping them.
+    inplace : bool
+        Write the gradient over ``logits`` (no extra memory of the logits' size). ``logits``
+        must then be a writable NumPy array; it holds the gradient afterwards.
+
+    Returns
+    -------
+    loss : float or ndarray
+        As :func:`cross_entropy`.
+    grad : ndarray
+        The gradient, in the logits' dtype and shape (``out`` or ``logits`` when given).
+
+    Notes
+    -----
+    With ``p = softmax(x)`` and ``q`` the one-hot (or given) target distribution, the gradient
+    of row ``i`` is ``scale_i * (p - q)`` for plain cross-entropy, where ``scale_i`` is
+    ``grad_output`` divided by the mean's denominator. Ignored rows get zeros.
+
+    Examples
+    --------
+    >>> import numpy as np, fastxent as fx
+    >>> logits = np.zeros((2, 4), dtype=np.float32)
+    >>> loss, grad = fx.cross_entropy_with_grad(logits, np.array([1, 3]))
+    >>> round(loss, 6)
+    1.386294
+    >>> grad
+    array([[ 0.125, -0.375,  0.125,  0.125],
+           [ 0.125,  0.125,  0.125, -0.375]], dtype=float32)
+    >>> _, g = fx.cross_entropy_with_grad(logits, np.array([1, 3]), inplace=True)
+    >>> g is logits
+    True
+    """
+    if inplace and out is not None:
+        raise ValueError("pass either out= or inplace=True, not both")
+    p = _prepare(logits, targets, reduction, ignore_index, weight, label_smoothing, z_loss,
+                 softcap, backend)
+    coef = _coefficients(p, grad_output)
+    if inplace:
+        _checks.inplace_target(p.x, logits)
+        target = logits
+    elif out is not None:
+        target = _checks.out_array(out, _checks.logits_array(logits))
+    else:
+        target = np.empty(p.lead + (p.n_classes,), dtype=p.dtype)
+    direct = target.flags.c_contiguous and (not inplace or np.shares_memory(p.x, target))
+    buf = target if direct else np.empty_like(target)
+    gview = storage_view(buf).reshape(-1, p.n_classes)
+    if inplace and not direct:
+        gview[...] = p.x  # the kernel reads the logits from where it writes the gradient
+        p.x = gview
+    loss = _loss(p, _stats(p, coef, gview))
+    if not direct:
+        np.copyto(target, buf)
+    return loss, target
+
+
+def logsumexp(logits, backend="auto"):
+    """Log of the sum of exponentials along the last axis, streamed (no exp array).
+
+    Parameters
+    ----------
+    logits : ndarray, shape (..., V)
+        float32, float64, float16 or bfloat16.
+    backend : {"auto", "cpu", "numpy"}
+        As in :func:`cross_entropy`.
+
+    Returns
+    -------
+    lse : ndarray, shape (...)
+        float32 (float64 for float64 inputs). ``-inf`` for a row of ``-inf`` (or ``V == 0``),
+        ``+inf`` where a row holds ``+inf``, NaN where it holds NaN.
+
+    Examples
+    --------
+    >>> import numpy as np, fastxent as fx
+    >>> fx.logsumexp(np.zeros((2, 4), dtype=np.float32))  # log 4
+    array([1.3862944, 1.3862944], dtype=float32)
+    >>> fx.logsumexp(np.array([-np.inf, -np.inf]))
+    -inf
+    """
+    a = _checks.logits_array(logits)
+    be = _dispatch.choose(backend, a)
+    n_classes = a.shape[-1]
+    x = storage_view(np.ascontiguousarray(a)).reshape(-1, n_classes)
+    if x.shape[0] and not n_classes:
+        return np.full(a.shape[:-1], -np.inf, dtype=compute_dtype(a.dtype))
+    return be.logsumexp(x).astype(compute_dtype(a.dtype)).reshape(a.shape[:-1])

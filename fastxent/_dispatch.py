@@ -1,0 +1,63 @@
+"""Backend registry and the ``backend="auto"`` choice.
+
+Backends are modules implementing the interface described in ``fastxent/kernels/__init__.py``.
+They are imported on first use, so a missing optional dependency only matters to the backend that
+needs it.
+"""
+
+import importlib
+import warnings
+
+# name -> (module, what to install when it cannot be imported)
+_REGISTRY = {
+    "cpu": ("fastxent.kernels.cpu", "pip install numba"),
+    "numpy": ("fastxent.kernels.reference", "pip install numpy"),
+}
+_loaded = {}
+
+
+def register(name, module, install_hint):
+    """Make ``backend=name`` load ``module`` (a dotted path) on first use."""
+    _REGISTRY[name] = (module, install_hint)
+    _loaded.pop(name, None)
+
+
+def names():
+    return ("auto", *_REGISTRY)
+
+
+def load(name):
+    if name not in _loaded:
+        module, hint = _REGISTRY[name]
+        try:
+            _loaded[name] = importlib.import_module(module)
+        except ImportError as exc:
+            raise RuntimeError(f"backend={name!r} is not usable here ({exc}); "
+                               f"install it with `{hint}`") from exc
+    return _loaded[name]
+
+
+def choose(name, array):
+    """The backend module for ``name`` ("auto" picks from where ``array`` lives)."""
+    if not isinstance(name, str) or name not in names():
+        raise ValueError(f"backend={name!r} is not one of {', '.join(map(repr, names()))}")
+    if name != "auto":
+        return load(name)
+    try:
+        return load("cpu")
+    except RuntimeError as exc:  # Numba broken on this platform: stay correct, if slower
+        warnings.warn(f"fastxent falls back to the NumPy backend: {exc}", RuntimeWarning,
+                      stacklevel=3)
+        return load("numpy")
+
+
+def available():
+    """{name: True or the reason it cannot be used} for every registered backend."""
+    status = {}
+    for name in _REGISTRY:
+        try:
+            load(name)
+            status[name] = True
+        except RuntimeError as exc:
+            status[name] = str(exc)
+    return status

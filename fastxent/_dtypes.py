@@ -1,0 +1,57 @@
+"""Floating-point formats of the logits and how the kernels see them.
+
+Numba compiles no float16 or bfloat16 arithmetic on the CPU, so half-precision arrays reach the
+kernels as integer *storage views* of the same memory (no copy): bfloat16 as ``uint16`` and float16
+as ``int16``. The integer type tells the kernel which decoding to apply; everything else about the
+array (shape, strides, the buffer) is the caller's.
+"""
+
+import numpy as np
+
+#: dtype names accepted for logits, in the order the docs list them.
+SUPPORTED = ("float32", "float64", "float16", "bfloat16")
+
+_STORAGE = {"float16": np.dtype(np.int16), "bfloat16": np.dtype(np.uint16)}
+
+
+def name(dtype):
+    """The dtype's name, with ml_dtypes' bfloat16 recognised without importing ml_dtypes."""
+    return np.dtype(dtype).name
+
+
+def is_float(dtype):
+    return name(dtype) in SUPPORTED
+
+
+def storage_view(a):
+    """View ``a`` as the type the kernels read: float32/float64 as they are, halves as integers."""
+    store = _STORAGE.get(name(a.dtype))
+    return a if store is None else a.view(store)
+
+
+def compute_dtype(dtype):
+    """Accumulation dtype: float64 for float64 inputs, float32 for every narrower format."""
+    return np.dtype(np.float64) if name(dtype) == "float64" else np.dtype(np.float32)
+
+
+def decode(a):
+    """Storage view (or float array) → float64 values. Used by the reference and by tests."""
+    if a.dtype == np.uint16:  # bfloat16 bits: the high half of a float32
+        return (a.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+    if a.dtype == np.int16:
+        return a.view(np.float16).astype(np.float64)
+    return np.asarray(a, dtype=np.float64)
+
+
+def encode_into(dst, values):
+    """Write float64 ``values`` into the storage view ``dst``, rounding to nearest even."""
+    if dst.dtype == np.uint16:
+        f32 = np.asarray(values, dtype=np.float32)
+        bits = f32.view(np.uint32).astype(np.uint64)
+        rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+        # a NaN must stay a NaN whatever its payload
+        dst[...] = np.where(np.isnan(f32), np.uint16(0x7FC0), rounded)
+    elif dst.dtype == np.int16:
+        dst[...] = np.asarray(values, dtype=np.float16).view(np.int16)
+    else:
+        dst[...] = values

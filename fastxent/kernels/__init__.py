@@ -1,0 +1,21 @@
+"""Backends: each module here implements the same small interface on its own hardware.
+
+A backend module provides
+
+``name``
+    the name users pass as ``backend=``;
+``logsumexp(x, softcap=None) -> ndarray (N,) float64``
+    the log-sum-exp of each row of the 2-D storage view ``x`` (see ``fastxent._dtypes``);
+``rows(x, targets, weight, softcap, want_sy, coef=None, grad=None) -> ndarray (N, 4) float64``
+    per-row statistics ``[lse, Σ w·q·y, Σ w·q, Σ w·y]`` where ``y`` are the (soft-capped) logits,
+    ``w`` the class weights (ones when None) and ``q`` the target distribution: ``targets`` is
+    either an int64 vector of class indices (-1 marks an ignored row, whose statistics and gradient
+    are zero) or a storage view of probabilities shaped like ``x``. ``Σ w·y`` is only computed when
+    ``want_sy`` (label smoothing needs it). Given ``coef`` (N, 3) float64 and ``grad`` (a storage
+    view shaped like ``x``, possibly ``x`` itself), the same call writes the gradient row by row::
+
+        grad = (softmax(y)·(c0·Σwq + c1·Σw + c2·lse) − c0·w·q − c1·w) · dy/dx
+
+Every statistic and option is defined once, in float64 NumPy, by :mod:`.reference`. The public
+functions in ``fastxent._api`` turn these statistics into losses; kernels never see user arguments.
+"""
