@@ -270,7 +270,7 @@ def logsumexp(logits, backend="auto"):
     >>> fx.logsumexp(np.zeros((2, 4), dtype=np.float32))  # log 4
     array([1.3862944, 1.3862944], dtype=float32)
     >>> fx.logsumexp(np.array([-np.inf, -np.inf]))
-    -inf
+    array(-inf)
     """
     a = _checks.logits_array(logits)
     be = _dispatch.choose(backend, a)
