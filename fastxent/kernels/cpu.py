@@ -68,39 +68,64 @@ def _target_terms_impl(x, t, r, w, c):
     return terms
 
 
-def _q_sums(x, q, r, lo, hi, w, c):
+def _part(w, lo, hi):
+    """w[lo:hi], or None."""
+
+
+@overload(_part, **_OVERLOAD)
+def _part_impl(w, lo, hi):
+    if isinstance(w, types.NoneType):
+        return lambda w, lo, hi: None
+    return lambda w, lo, hi: w[lo:hi]
+
+
+def _row_part(q, r, lo, hi):
+    """q[r, lo:hi], or None."""
+
+
+@overload(_row_part, **_OVERLOAD)
+def _row_part_impl(q, r, lo, hi):
+    if isinstance(q, types.NoneType):
+        return lambda q, r, lo, hi: None
+    return lambda q, r, lo, hi: q[r, lo:hi]
+
+
+def _q_sums(xs, qs, ws, c):
     """(Σ w·q·y, Σ w·q) over a segment for probability targets, else zeros."""
 
 
 @overload(_q_sums, **_OVERLOAD)
-def _q_sums_impl(x, q, r, lo, hi, w, c):
-    if isinstance(q, types.NoneType):
-        return lambda x, q, r, lo, hi, w, c: (0.0, 0.0)
+def _q_sums_impl(xs, qs, ws, c):
+    if isinstance(qs, types.NoneType):
+        return lambda xs, qs, ws, c: (0.0, 0.0)
 
-    def sums(x, q, r, lo, hi, w, c):
+    def sums(xs, qs, ws, c):
         sqy = 0.0
         sq = 0.0
-        for j in range(lo, hi):
-            wq = np.float64(weight_at(w, j)) * np.float64(load(q[r, j]))
-            sqy += wq * np.float64(cap(load(x[r, j]), c))
+        for j in range(xs.size):
+            wq = np.float64(weight_at(ws, j)) * np.float64(load(qs[j]))
+            sqy += wq * np.float64(cap(load(xs[j]), c))
             sq += wq
         return sqy, sq
 
     return sums
 
 
-def _q_at(q, r, j):
-    """Probability target q[r, j] in the compute type, or 0 for integer targets."""
+def _q_at(qs, j):
+    """Probability target qs[j] in the compute type, or 0 for integer targets."""
 
 
 @overload(_q_at, **_OVERLOAD)
-def _q_at_impl(q, r, j):
-    if isinstance(q, types.NoneType):
-        return lambda q, r, j: np.float32(0.0)
-    return lambda q, r, j: load(q[r, j])
+def _q_at_impl(qs, j):
+    if isinstance(qs, types.NoneType):
+        return lambda qs, j: np.float32(0.0)
+    return lambda qs, j: load(qs[j])
 
 
 # --- one segment of one row ----------------------------------------------------------------------
+# Segments are passed as 1-D slices and walked from index 0: Numba then knows the index is not
+# negative and emits no wrap-around select, which otherwise blocks vectorisation (measured: the
+# block maximum ran at 3.6 GB/s instead of memory speed when indexed as x[r, j] from j = lo).
 
 
 @njit(**_REDUCE)
@@ -114,26 +139,26 @@ def _merge(m, s, m2, s2):
 
 
 @njit(**_REDUCE)
-def _block_max(x, r, lo, hi):
-    m = load(x[r, lo])
-    for j in range(lo + 1, hi):
-        m = fmax(m, load(x[r, j]))
+def _block_max(xs):
+    m = load(xs[0])
+    for j in range(1, xs.size):
+        m = fmax(m, load(xs[j]))
     return m
 
 
 @njit(**_REDUCE)
-def _block_sumexp(x, r, lo, hi, m, c):
+def _block_sumexp(xs, m, c):
     s = m - m  # a zero of the compute type (m is finite here)
-    for j in range(lo, hi):
-        s += fexp(cap(load(x[r, j]), c) - m)
+    for j in range(xs.size):
+        s += fexp(cap(load(xs[j]), c) - m)
     return s
 
 
 @njit(**_REDUCE)
-def _block_sum_wy(x, r, lo, hi, w, c):
+def _block_sum_wy(xs, ws, c):
     s = 0.0  # float64: Σy cancels against V·lse in the smoothing term
-    for j in range(lo, hi):
-        s += np.float64(weight_at(w, j)) * np.float64(cap(load(x[r, j]), c))
+    for j in range(xs.size):
+        s += np.float64(weight_at(ws, j)) * np.float64(cap(load(xs[j]), c))
     return s
 
 
@@ -147,34 +172,53 @@ def _segment_stats(x, q, r, lo, hi, w, c, want_sy):
     sy = 0.0
     for b in range(lo, hi, _BLOCK):
         e = min(b + _BLOCK, hi)
+        xs = x[r, b:e]
+        ws = _part(w, b, e)
         # tanh is increasing, so the capped block maximum is the cap of the raw maximum
-        mb = cap(_block_max(x, r, b, e), c)
+        mb = cap(_block_max(xs), c)
         if mb > -np.inf:
-            m, s = _merge(m, s, np.float64(mb), np.float64(_block_sumexp(x, r, b, e, mb, c)))
+            m, s = _merge(m, s, np.float64(mb), np.float64(_block_sumexp(xs, mb, c)))
         elif mb != mb:
             s = np.nan
-        a, bq = _q_sums(x, q, r, b, e, w, c)
+        a, bq = _q_sums(xs, _row_part(q, r, b, e), ws, c)
         sqy += a
         sq += bq
         if want_sy:
-            sy += _block_sum_wy(x, r, b, e, w, c)
+            sy += _block_sum_wy(xs, ws, c)
     return m, s, sqy, sq, sy
 
 
-@njit(**_REDUCE)
-def _segment_grad(x, g, q, r, lo, hi, m, inv_s, a, c0, c1, w, c):
-    """g[r, j] = (p_j·a − c1·w_j − c0·w_j·q_j)·dy/dx for j in [lo, hi), p = exp(y − m)·inv_s."""
-    for j in range(lo, hi):
-        y = cap(load(x[r, j]), c)
-        wj = weight_at(w, j)
-        gj = fexp(y - m) * inv_s * a - wj * (c1 + c0 * _q_at(q, r, j))
-        g[r, j] = store(gj * cap_slope(y, c), g)
+def _dst(xs, gs):
+    """Where a segment's gradient goes: ``gs``, or over ``xs`` itself when ``gs`` is None."""
+
+
+@overload(_dst, **_OVERLOAD)
+def _dst_impl(xs, gs):
+    if isinstance(gs, types.NoneType):
+        return lambda xs, gs: xs
+    return lambda xs, gs: gs
 
 
 @njit(**_REDUCE)
-def _zero(g, r, lo, hi):
-    for j in range(lo, hi):
-        g[r, j] = store(0.0, g)
+def _segment_grad(xs, gs, qs, ws, m, inv_s, a, c0, c1, c):
+    """gs = (p·a − c1·w − c0·w·q)·dy/dx over a segment, with p = exp(y − m)·inv_s.
+
+    In place (``gs`` None) the destination is the very value ``xs``: LLVM then sees one pointer
+    and vectorises. Two arrays over the same memory would fail its runtime overlap check and run
+    the scalar loop (measured: 391 ms instead of 110 ms at N=2048, V=131072).
+    """
+    dst = _dst(xs, gs)
+    for j in range(xs.size):
+        y = cap(load(xs[j]), c)
+        wj = weight_at(ws, j)
+        gj = fexp(y - m) * inv_s * a - wj * (c1 + c0 * _q_at(qs, j))
+        dst[j] = store(gj * cap_slope(y, c), dst)
+
+
+@njit(**_REDUCE)
+def _zero(gs):
+    for j in range(gs.size):
+        gs[j] = store(0.0, gs)
 
 
 # --- whole rows ----------------------------------------------------------------------------------
@@ -190,7 +234,7 @@ def _finish_row(x, t, r, w, c, st):
 
 
 @njit(**_REDUCE)
-def _row_grad(x, t, q, g, r, lo, hi, w, c, st, coef, w_sum):
+def _row_grad(x, t, q, g, inplace, r, lo, hi, w, c, st, coef, w_sum):
     """Write the gradient of row r over [lo, hi) from its finished statistics."""
     m64 = st[r, 0]
     s = st[r, 1]
@@ -202,7 +246,14 @@ def _row_grad(x, t, q, g, r, lo, hi, w, c, st, coef, w_sum):
     m = as_compute(m64, x)
     inv_s = as_compute(1.0 / s, x)
     yt, wt = _target_terms(x, t, r, w, c)  # read before the row is overwritten in place
-    _segment_grad(x, g, q, r, lo, hi, m, inv_s, a, as_compute(c0, x), as_compute(c1, x), w, c)
+    qs = _row_part(q, r, lo, hi)
+    ws = _part(w, lo, hi)
+    c0c = as_compute(c0, x)
+    c1c = as_compute(c1, x)
+    if inplace:
+        _segment_grad(x[r, lo:hi], None, qs, ws, m, inv_s, a, c0c, c1c, c)
+    else:
+        _segment_grad(x[r, lo:hi], g[r, lo:hi], qs, ws, m, inv_s, a, c0c, c1c, c)
     if t is not None:
         j = t[r]
         if lo <= j < hi:  # the one-hot term, written once (no double rounding in half precision)
@@ -212,7 +263,7 @@ def _row_grad(x, t, q, g, r, lo, hi, w, c, st, coef, w_sum):
 
 
 @njit(**_PARALLEL)
-def _rows(x, t, q, w, c, want_sy, coef, w_sum, g, st):
+def _rows(x, t, q, w, c, want_sy, coef, w_sum, g, inplace, st):
     """One task per row: statistics, then (when ``g`` is given) the gradient from L2."""
     n, v = x.shape
     for r in prange(n):
@@ -220,7 +271,7 @@ def _rows(x, t, q, w, c, want_sy, coef, w_sum, g, st):
             st[r, :] = 0.0
             st[r, 1] = 1.0  # lse 0, like the reference
             if g is not None:
-                _zero(g, r, 0, v)
+                _zero(g[r])
             continue
         m, s, sqy, sq, sy = _segment_stats(x, q, r, 0, v, w, c, want_sy)
         st[r, 0] = m
@@ -230,11 +281,11 @@ def _rows(x, t, q, w, c, want_sy, coef, w_sum, g, st):
         st[r, 4] = sy
         _finish_row(x, t, r, w, c, st)
         if g is not None:
-            _row_grad(x, t, q, g, r, 0, v, w, c, st, coef, w_sum)
+            _row_grad(x, t, q, g, inplace, r, 0, v, w, c, st, coef, w_sum)
 
 
 @njit(**_PARALLEL)
-def _chunks(x, t, q, w, c, want_sy, coef, w_sum, g, st, nchunk, size):
+def _chunks(x, t, q, w, c, want_sy, coef, w_sum, g, inplace, st, nchunk, size):
     """Rows cut into ``nchunk`` chunks of ``size`` columns: partials, merge, then the gradient."""
     n, v = x.shape
     part = np.empty((n * nchunk, 5))
@@ -274,9 +325,9 @@ def _chunks(x, t, q, w, c, want_sy, coef, w_sum, g, st, nchunk, size):
             lo = (k % nchunk) * size
             hi = min(lo + size, v)
             if _ignored(t, r):
-                _zero(g, r, lo, hi)
+                _zero(g[r, lo:hi])
             elif lo < hi:
-                _row_grad(x, t, q, g, r, lo, hi, w, c, st, coef, w_sum)
+                _row_grad(x, t, q, g, inplace, r, lo, hi, w, c, st, coef, w_sum)
 
 
 # --- the backend interface -----------------------------------------------------------------------
@@ -308,13 +359,14 @@ def _run(x, targets, weight, softcap, want_sy, coef, grad):
     w_sum = float(v) if weight is None else float(np.sum(weight, dtype=np.float64))
     c = None if softcap is None else float(softcap)
     nchunk, size = _plan(n, v)
+    inplace = grad is not None and _same_memory(grad, x)
     with parallel_guard() as parallel:
         if nchunk == 1:
             kernel = _rows if parallel else _serial(_rows)
-            kernel(x, t, q, w, c, want_sy, coef, w_sum, grad, st)
+            kernel(x, t, q, w, c, want_sy, coef, w_sum, grad, inplace, st)
         else:
             kernel = _chunks if parallel else _serial(_chunks)
-            kernel(x, t, q, w, c, want_sy, coef, w_sum, grad, st, nchunk, size)
+            kernel(x, t, q, w, c, want_sy, coef, w_sum, grad, inplace, st, nchunk, size)
     return st
 
 
@@ -326,6 +378,12 @@ def _serial(kernel):
     if kernel not in _serial_kernels:
         _serial_kernels[kernel] = njit(**_REDUCE)(kernel.py_func)
     return _serial_kernels[kernel]
+
+
+def _same_memory(a, b):
+    """True when ``a`` and ``b`` are the same elements (the in-place gradient)."""
+    return (a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
+            and a.strides == b.strides and a.dtype == b.dtype)
 
 
 def _compute_dtype(x):

@@ -1,0 +1,107 @@
+"""The ``fastxent`` command: ``fastxent info`` describes the installation, ``fastxent bench``
+runs the quick benchmark (its logic lives in :mod:`fastxent.bench`).
+
+Heavy imports (torch, the benchmark's peers) happen inside the subcommands, so ``fastxent --help``
+stays instant.
+"""
+
+import argparse
+import json
+import os
+import sys
+
+from . import bench
+
+
+def collect_info():
+    """What ``fastxent info`` reports, as a JSON-ready dict.
+
+    Returns
+    -------
+    dict
+        ``versions`` ({package: version}, optional packages only where installed), ``backends``
+        ({name: True or why it cannot be used}), ``cpu`` (model, counts, SIMD flags) and
+        ``numba`` (threads, threading layer once started, SVML).
+    """
+    from . import _dispatch
+
+    return {
+        "versions": bench.versions(),
+        "backends": _dispatch.available(),
+        "cpu": bench.cpu_info(),
+        # after available(): the cpu backend is imported, which chooses the threading layer
+        "numba": bench.numba_facts(),
+    }
+
+
+def _text_value(section, key, value):
+    if section == "backends":
+        return "available" if value is True else f"unavailable: {value}"
+    if key == "simd":  # empty where /proc/cpuinfo is missing
+        return " ".join(k for k, on in value.items() if on) or "none" if value else "unknown"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
+
+
+def format_info(info):
+    """``collect_info()`` as aligned plain text: one section per key, one line per fact."""
+    width = max(len(key) for section in info.values() for key in section)
+    lines = []
+    for section, facts in info.items():
+        lines.append(section)
+        for key, value in facts.items():
+            # package names keep their underscores (ml_dtypes); other keys read better without
+            name = key if section == "versions" else key.replace("_", " ")
+            lines.append(f"  {name:<{width}}  {_text_value(section, key, value)}")
+    return "\n".join(lines)
+
+
+def _info(args, parser):
+    info = collect_info()
+    print(json.dumps(info, indent=2) if args.json else format_info(info))
+    return 0
+
+
+def build_parser():
+    """The argument parser of the ``fastxent`` command."""
+    parser = argparse.ArgumentParser(
+        prog="fastxent", description="Fast softmax cross-entropy for very large vocabularies.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    info = sub.add_parser("info", help="versions, backends, threads and CPU features",
+                          description="Describe the installation: versions, backends, Numba "
+                                      "threads and threading layer, SVML, CPU model and SIMD.")
+    info.add_argument("--json", action="store_true", help="print JSON instead of text")
+    info.set_defaults(handler=_info)
+    quick = sub.add_parser("bench", help="quick benchmark against NumPy and PyTorch",
+                           description=bench.__doc__.split("\n\n")[0] + " Progress goes to "
+                           "stderr, the Markdown table to stdout.")
+    bench.add_arguments(quick)
+    quick.set_defaults(handler=lambda args, p=quick: bench.run_from_args(args, p))
+    return parser
+
+
+def main(argv=None):
+    """Entry point of the ``fastxent`` console script.
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        The arguments after the program name; ``sys.argv[1:]`` when None.
+
+    Returns
+    -------
+    int
+        The exit status (argparse exits with status 2 on bad arguments).
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args, parser)
+    except BrokenPipeError:  # `fastxent info | head`: the reader left, which is not an error
+        sys.stdout = open(os.devnull, "w")  # so that the interpreter's final flush stays quiet
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
