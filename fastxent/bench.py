@@ -209,7 +209,8 @@ def measure_bandwidth(nbytes=DEFAULT_BANDWIDTH_MIB << 20, threads=None, repeat=3
         ensure_threading_layer()
         threads = numba.get_num_threads()
     n = max(nbytes // 4, threads)
-    src = np.full(n, 1.0, dtype=np.float32)  # np.full, not np.zeros: calloc'd pages are not there yet
+    # np.full, not np.zeros: calloc'd pages would only appear during the first timed pass
+    src = np.full(n, 1.0, dtype=np.float32)
     dst = np.full(n, 0.0, dtype=np.float32)
     bounds = np.linspace(0, n, threads + 1).astype(int)
     parts = [slice(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:])]
@@ -451,7 +452,7 @@ def add_ratios(results, bandwidth):
             r.floor_fraction = r.bytes / (gbps * 1e9) / r.time_s
 
 
-# --- peak memory, each case in a fresh process -----------------------------------------------------
+# --- peak memory, each case in a fresh process ---------------------------------------------------
 
 
 def _status_kib(key):

@@ -147,9 +147,10 @@ def oracle(logits, targets, *, reduction="mean", ignore_index=-100, weight=None,
             loss = float(np.sum(ce) + np.sum(zt))
             s = s_z = np.full(n, float(grad_output))
         else:
+            denom = np.float64(denom)  # 0 / 0 is NaN here, as in PyTorch
             loss = float(np.sum(ce) / denom + (np.sum(zt) / n_valid if z_loss else 0.0))
-            s = np.full(n, float(grad_output) / denom)
-            s_z = np.full(n, float(grad_output) / n_valid) if n_valid else np.zeros(n)
+            s = np.full(n, np.float64(grad_output) / denom)
+            s_z = np.full(n, np.float64(grad_output) / n_valid) if n_valid else np.zeros(n)
         p = np.exp(logp)
         g = s[:, None] * (p * a.sum(axis=-1, keepdims=True) - a)
         if z_loss:

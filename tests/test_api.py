@@ -215,8 +215,8 @@ def test_unbatched_target_as_python_int(backend):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_integer_targets_of_any_width(rng, backend):
-    logits = random_logits(rng, (N, 200), F32)
-    t64 = random_targets(rng, (N,), 200)
+    logits = random_logits(rng, (N, 100), F32)
+    t64 = random_targets(rng, (N,), 100)
     want = fx.cross_entropy(logits, t64, backend=backend, reduction="none")
     for dt in (np.int8, np.uint8, np.int16, np.int32, np.uint32, np.uint64):
         got = fx.cross_entropy(logits, t64.astype(dt), backend=backend, reduction="none",

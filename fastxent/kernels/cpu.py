@@ -376,7 +376,10 @@ _serial_kernels = {}
 def _serial(kernel):
     """The same kernel compiled without threads (``prange`` runs as ``range``), made on demand."""
     if kernel not in _serial_kernels:
-        _serial_kernels[kernel] = njit(**_REDUCE)(kernel.py_func)
+        # not cached: Numba's cache key ignores ``parallel``, so a cached serial twin would load
+        # the parallel machine code (and the parallel one the serial code)
+        flags = dict(_REDUCE, cache=False)
+        _serial_kernels[kernel] = njit(**flags)(kernel.py_func)
     return _serial_kernels[kernel]
 
 
