@@ -5,6 +5,12 @@ gradient come out of one or two passes over the logits with no temporaries of th
 """
 
 from ._api import cross_entropy, cross_entropy_with_grad, logsumexp
+from ._threading import ensure_threading_layer as _ensure_threading_layer
+
+# Before anything else starts Numba's threads (see docs/threading.md): a later call of, say,
+# numba.get_num_threads() would otherwise start them on GNU OpenMP, which forked children
+# cannot use.
+_ensure_threading_layer()
 
 __version__ = "0.1.0"
 
