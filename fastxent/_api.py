@@ -79,6 +79,8 @@ def _loss(p, stats):
         if p.smoothing > 0:
             ce += p.smoothing / p.n_classes * (lse * p.weight_sum - swy)
         zt = p.z_loss * lse * lse if p.z_loss > 0 else np.zeros_like(lse)
+    # a +inf logit makes PyTorch's log_softmax NaN for its whole row (inf - inf)
+    ce = np.where(lse == np.inf, np.nan, ce)
     ce = np.where(p.valid, ce, 0.0)
     zt = np.where(p.valid, zt, 0.0)
     if p.reduction == "none":
@@ -230,14 +232,14 @@ def cross_entropy_with_grad(logits, targets, *, reduction="mean", ignore_index=-
                  softcap, backend)
     coef = _coefficients(p, grad_output)
     if inplace:
-        _checks.inplace_target(p.x, logits)
+        _checks.inplace_target(logits)
         target = logits
     elif out is not None:
         target = _checks.out_array(out, _checks.logits_array(logits))
     else:
         target = np.empty(p.lead + (p.n_classes,), dtype=p.dtype)
     direct = target.flags.c_contiguous and (not inplace or np.shares_memory(p.x, target))
-    buf = target if direct else np.empty_like(target)
+    buf = target if direct else np.empty(target.shape, dtype=target.dtype)  # C order
     gview = storage_view(buf).reshape(-1, p.n_classes)
     if inplace and not direct:
         gview[...] = p.x  # the kernel reads the logits from where it writes the gradient
@@ -275,7 +277,7 @@ def logsumexp(logits, backend="auto"):
     a = _checks.logits_array(logits)
     be = _dispatch.choose(backend, a)
     n_classes = a.shape[-1]
-    x = storage_view(np.ascontiguousarray(a)).reshape(-1, n_classes)
-    if x.shape[0] and not n_classes:
+    if not n_classes:  # the log of an empty sum
         return np.full(a.shape[:-1], -np.inf, dtype=compute_dtype(a.dtype))
+    x = storage_view(np.ascontiguousarray(a)).reshape(-1, n_classes)
     return be.logsumexp(x).astype(compute_dtype(a.dtype)).reshape(a.shape[:-1])

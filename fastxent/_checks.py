@@ -143,9 +143,10 @@ def out_array(out, logits):
     return out
 
 
-def inplace_target(logits, original):
-    if not isinstance(original, np.ndarray):
+def inplace_target(logits):
+    """Checked before any work, so that a refused call leaves everything as it was."""
+    if not isinstance(logits, np.ndarray):
         raise TypeError("inplace=True needs logits to be a NumPy array that the gradient can "
-                        f"overwrite, got {type(original).__name__}")
+                        f"overwrite, got {type(logits).__name__}")
     if not logits.flags.writeable:
         raise ValueError("inplace=True but logits is read-only (flags.writeable is False)")

@@ -184,14 +184,15 @@ def assert_loss_close(actual, expected, dtype, rtol=None, atol=None):
                                equal_nan=True)
 
 
-def assert_grad_close(actual, expected, dtype, atol=None):
-    """Gradient in the logits' dtype and shape, within ``atol`` plus one rounding of the format."""
+def assert_grad_close(actual, expected, dtype, atol=None, rtol=0.0):
+    """Gradient in the logits' dtype and shape, within ``atol`` plus one rounding of the format
+    (plus ``rtol``, for gradients far from unit scale)."""
     dtype = np.dtype(dtype)
     assert actual.dtype == dtype, f"gradient dtype {actual.dtype}, expected {dtype}"
     assert actual.shape == np.shape(expected)
     atol = GRAD_ATOL[dtype] if atol is None else atol
-    np.testing.assert_allclose(to64(actual), to64(expected), rtol=ROUNDING[dtype], atol=atol,
-                               equal_nan=True)
+    np.testing.assert_allclose(to64(actual), to64(expected), rtol=ROUNDING[dtype] + rtol,
+                               atol=atol, equal_nan=True)
 
 
 def bits(a):

@@ -133,8 +133,8 @@ def _merge(m, s, m2, s2):
     """Combine two (max, sum-exp) pairs: the one reduction of the package."""
     if m2 > m:
         return m2, s * math.exp(m - m2) + s2
-    if m2 == -np.inf:  # also m == -inf: nothing to add (avoids exp(-inf + inf))
-        return m, s
+    if m2 == -np.inf:  # (also when m == -inf) s2 is 0, or NaN for a part that held a NaN
+        return m, s + s2
     return m, s + s2 * math.exp(m2 - m)
 
 
@@ -144,6 +144,15 @@ def _block_max(xs):
     for j in range(1, xs.size):
         m = fmax(m, load(xs[j]))
     return m
+
+
+@njit(**_REDUCE)
+def _any_nan(xs):
+    for j in range(xs.size):
+        v = load(xs[j])
+        if v != v:
+            return True
+    return False
 
 
 @njit(**_REDUCE)
@@ -178,7 +187,7 @@ def _segment_stats(x, q, r, lo, hi, w, c, want_sy):
         mb = cap(_block_max(xs), c)
         if mb > -np.inf:
             m, s = _merge(m, s, np.float64(mb), np.float64(_block_sumexp(xs, mb, c)))
-        elif mb != mb:
+        elif _any_nan(xs):  # maxnum skipped the NaN of a block that is otherwise all -inf
             s = np.nan
         a, bq = _q_sums(xs, _row_part(q, r, b, e), ws, c)
         sqy += a

@@ -58,20 +58,28 @@ def rows(x, targets, weight, softcap, want_sy, coef=None, grad=None):
     integer = targets.ndim == 1
     for rws in _row_blocks(n, v):
         y = _capped(x[rws], softcap)
+        lse = _lse(y)
         if integer:
             t = targets[rws]
             valid = t >= 0
+            hit = np.nonzero(valid)[0], t[valid]
             q = np.zeros_like(y)
-            q[np.nonzero(valid)[0], t[valid]] = 1.0
+            q[hit] = 1.0
+            wq = w * q
+            # the one-hot sums taken at the target alone: 0 * -inf elsewhere would be NaN
+            swqy = np.zeros_like(lse)
+            swqy[hit[0]] = w[hit[1]] * y[hit]
+            swq = np.zeros_like(lse)
+            swq[hit[0]] = w[hit[1]]
         else:
             valid = np.ones(y.shape[0], dtype=bool)
-            q = decode(targets[rws])
-        lse = _lse(y)
+            wq = w * decode(targets[rws])
+            with np.errstate(invalid="ignore"):
+                swqy = np.sum(wq * y, axis=-1)
+            swq = np.sum(wq, axis=-1)
         with np.errstate(invalid="ignore"):
-            wq = w * q
-            block = np.stack(
-                [lse, np.sum(wq * y, axis=-1), np.sum(wq, axis=-1),
-                 np.sum(w * y, axis=-1) if want_sy else np.zeros_like(lse)], axis=-1)
+            swy = np.sum(w * y, axis=-1) if want_sy else np.zeros_like(lse)
+        block = np.stack([lse, swqy, swq, swy], axis=-1)
         stats[rws] = np.where(valid[:, None], block, 0.0)
         if coef is None:
             continue
