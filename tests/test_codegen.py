@@ -1,0 +1,53 @@
+"""The hot loops compile to SIMD code: the block maximum, the exp-sum and the gradient write.
+
+Cached code cannot be inspected, so each loop is compiled here again from its Python source with
+the kernels' own flags and cache off, for the array type the kernels pass (a contiguous 1-D slice).
+"""
+
+import re
+
+import llvmlite.binding as ll
+import pytest
+from numba import njit, types
+
+from fastxent.kernels import cpu
+
+pytestmark = pytest.mark.skipif(
+    not {"avx2", "fma"} <= {k for k, v in ll.get_host_cpu_features().items() if v},
+    reason="the packed-instruction patterns below are x86 AVX2/FMA",
+)
+
+F32 = types.float32
+SEG = types.Array(F32, 1, "C")
+
+
+def _asm(kernel, signature):
+    fresh = njit(**dict(cpu._REDUCE, cache=False))(kernel.py_func)
+    fresh.compile(signature)
+    return fresh.inspect_asm(signature)
+
+
+def _packed(asm, mnemonic):
+    """Packed single-precision instructions on vector registers, e.g. ``vfmadd213ps %zmm1, ...``."""
+    return re.findall(rf"\b{mnemonic}\s+[^\n]*%[xyz]mm", asm)
+
+
+def test_block_max_is_a_packed_max():
+    asm = _asm(cpu._block_max, (SEG,))
+    assert _packed(asm, "vmaxps")
+
+
+def test_exp_sum_is_packed_fma_and_calls_no_libm_exp():
+    asm = _asm(cpu._block_sumexp, (SEG, F32, types.none))
+    assert _packed(asm, r"vfmadd\d{3}ps"), "the polynomial of exp32 is not vectorised"
+    assert _packed(asm, "vpslld"), "the exponent is not assembled with a packed shift"
+    assert not re.search(r"call[^\n]*exp", asm), "a scalar exp call is left in the loop"
+
+
+@pytest.mark.parametrize("inplace", [False, True], ids=["out", "inplace"])
+def test_gradient_write_is_packed(inplace):
+    dst = types.none if inplace else SEG
+    sig = (SEG, dst, types.none, types.none, F32, F32, F32, F32, F32, types.none)
+    asm = _asm(cpu._segment_grad, sig)
+    assert _packed(asm, r"vfmadd\d{3}ps")
+    assert _packed(asm, "vmovups")
