@@ -195,6 +195,16 @@ def assert_grad_close(actual, expected, dtype, atol=None, rtol=0.0):
                                atol=atol, equal_nan=True)
 
 
+def assert_fused_matches_oracle(logits, targets, dtype, backend="cpu", **options):
+    """``cross_entropy_with_grad`` with ``options`` against the oracle: loss and gradient."""
+    import fastxent as fx
+
+    want_loss, want_grad = oracle(logits, targets, **options)
+    loss, grad = fx.cross_entropy_with_grad(logits, targets, backend=backend, **options)
+    assert_loss_close(loss, want_loss, dtype)
+    assert_grad_close(grad, want_grad, dtype)
+
+
 def bits(a):
     """The raw bytes of an array (or a float) for bit-identity checks."""
     return np.ascontiguousarray(np.asarray(a)).tobytes()

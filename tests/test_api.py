@@ -17,9 +17,9 @@ from hypothesis import strategies as st
 import fastxent as fx
 from fastxent import config
 from fastxent.kernels import cpu as cpu_backend
-from conftest import (BACKENDS, BF16, F16, F32, F64, ROUNDING, assert_grad_close,
-                      assert_loss_close, bits, dtype_id, oracle, random_logits, random_probs,
-                      random_targets, random_weight, to64)
+from conftest import (BACKENDS, BF16, F16, F32, F64, ROUNDING, assert_fused_matches_oracle,
+                      assert_grad_close, assert_loss_close, bits, dtype_id, oracle, random_logits,
+                      random_probs, random_targets, random_weight, to64)
 
 # More than one BLOCK per row, so the streaming merge of blocks runs in every test.
 N, V = 9, config.BLOCK + 77
@@ -145,11 +145,8 @@ def test_other_dtypes_weight_smoothing_ignore(rng, dtype, backend):
     targets = random_targets(rng, (N,), V, ignore_index=3)
     weight = random_weight(rng, V)
     for reduction in ("mean", "sum", "none"):
-        options = dict(COMBO, reduction=reduction, weight=weight, ignore_index=3)
-        want_loss, want_grad = oracle(logits, targets, **options)
-        loss, grad = fx.cross_entropy_with_grad(logits, targets, backend=backend, **options)
-        assert_loss_close(loss, want_loss, dtype)
-        assert_grad_close(grad, want_grad, dtype)
+        assert_fused_matches_oracle(logits, targets, dtype, backend, **COMBO,
+                                    reduction=reduction, weight=weight, ignore_index=3)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -158,11 +155,8 @@ def test_other_dtypes_probability_targets(rng, dtype, backend):
     logits = random_logits(rng, (N, V), dtype)
     targets = random_probs(rng, logits.shape, dtype)
     for reduction in ("mean", "none"):
-        options = dict(COMBO, reduction=reduction)
-        want_loss, want_grad = oracle(logits, targets, **options)
-        loss, grad = fx.cross_entropy_with_grad(logits, targets, backend=backend, **options)
-        assert_loss_close(loss, want_loss, dtype)
-        assert_grad_close(grad, want_grad, dtype)
+        assert_fused_matches_oracle(logits, targets, dtype, backend, **COMBO,
+                                    reduction=reduction)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -170,10 +164,7 @@ def test_other_dtypes_probability_targets(rng, dtype, backend):
 def test_other_dtypes_softcap(rng, dtype, backend):
     logits = random_logits(rng, (N, V), dtype, scale=10.0)
     targets = random_targets(rng, (N,), V)
-    want_loss, want_grad = oracle(logits, targets, softcap=5.0)
-    loss, grad = fx.cross_entropy_with_grad(logits, targets, backend=backend, softcap=5.0)
-    assert_loss_close(loss, want_loss, dtype)
-    assert_grad_close(grad, want_grad, dtype)
+    assert_fused_matches_oracle(logits, targets, dtype, backend, softcap=5.0)
 
 
 def test_float32_probability_targets_of_another_dtype(rng):
@@ -181,11 +172,7 @@ def test_float32_probability_targets_of_another_dtype(rng):
     logits = random_logits(rng, (N, V), F32)
     for tdtype in (F64,):
         targets = random_probs(rng, logits.shape, tdtype)
-        want_loss, want_grad = oracle(logits, targets, label_smoothing=0.2)
-        loss, grad = fx.cross_entropy_with_grad(logits, targets, label_smoothing=0.2,
-                                                backend="cpu")
-        assert_loss_close(loss, want_loss, F32)
-        assert_grad_close(grad, want_grad, F32)
+        assert_fused_matches_oracle(logits, targets, F32, label_smoothing=0.2)
 
 
 # --- shapes --------------------------------------------------------------------------------------
