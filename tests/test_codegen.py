@@ -11,6 +11,7 @@ import pytest
 from numba import njit, types
 
 from fastxent.kernels import cpu
+from fastxent.kernels._numeric import block_max
 
 pytestmark = pytest.mark.skipif(
     not {"avx2", "fma"} <= {k for k, v in ll.get_host_cpu_features().items() if v},
@@ -32,9 +33,16 @@ def _packed(asm, mnemonic):
     return re.findall(rf"\b{mnemonic}\s+[^\n]*%[xyz]mm", asm)
 
 
-def test_block_max_is_a_packed_max():
-    asm = _asm(cpu._block_max, (SEG,))
-    assert _packed(asm, "vmaxps")
+def _block_max_of(xs):
+    return block_max(xs)
+
+
+@pytest.mark.parametrize("storage", [types.float32, types.uint16, types.int16],
+                         ids=["float32", "bfloat16", "float16"])
+def test_block_max_is_a_packed_integer_max_and_min(storage):
+    asm = _asm(njit(_block_max_of), (types.Array(storage, 1, "C"),))
+    assert re.search(r"\bvpmaxsd\s+[^\n]*%[xyz]mm", asm)
+    assert re.search(r"\bvpminsd\s+[^\n]*%[xyz]mm", asm)
 
 
 def test_exp_sum_is_packed_fma_and_calls_no_libm_exp():

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from numba import njit
 
-from fastxent.kernels._numeric import exp32, fexp, load, store
+from fastxent.kernels._numeric import block_max, exp32, exp_term, fexp, load, store
 
 
 @njit
@@ -25,6 +25,17 @@ def _fexp_all(x, out):
 
 
 @njit
+def _exp_term_all(x, out):
+    for i in range(x.size):
+        out[i] = exp_term(x[i])
+
+
+@njit
+def _block_max(xs):
+    return block_max(xs)
+
+
+@njit
 def _load_all(src, out):
     for i in range(src.size):
         out[i] = load(src[i])
@@ -34,6 +45,12 @@ def _load_all(src, out):
 def _store_all(values, dst):
     for i in range(values.size):
         dst[i] = store(values[i], dst)
+
+
+HALF = {
+    "bfloat16": (np.dtype(np.uint16), np.dtype(ml_dtypes.bfloat16)),
+    "float16": (np.dtype(np.int16), np.dtype(np.float16)),
+}
 
 
 def exp32_np(x):
@@ -95,13 +112,58 @@ def test_fexp_is_exp32_for_float32():
     np.testing.assert_array_equal(out, exp32_np(x))
 
 
+def test_exp_term_is_exp32_above_the_flush_and_tiny_below():
+    x = np.concatenate([np.linspace(-87.33, 0.0, 100_001),
+                        [np.nan, -np.nan]]).astype(np.float32)
+    out = np.empty_like(x)
+    _exp_term_all(x, out)
+    np.testing.assert_array_equal(out, exp32_np(x))
+    below = np.array([-87.34, -100.0, -1e30, -np.inf, np.finfo(np.float32).min], np.float32)
+    out = np.empty_like(below)
+    _exp_term_all(below, out)
+    assert np.all((out > 0.0) & (out <= 1.2e-38))
+
+
+# --- block maximum -------------------------------------------------------------------------------
+
+
+def _max_cases():
+    rng = np.random.default_rng(2)
+    yield rng.standard_normal(2048).astype(np.float32) * 100
+    yield -np.abs(rng.standard_normal(2048)).astype(np.float32)  # all negative
+    yield np.abs(rng.standard_normal(77)).astype(np.float32)  # all positive, odd length
+    yield np.array([-0.0, -1.0, -np.inf], np.float32)
+    yield np.array([-1.0, 0.0, -0.0], np.float32)
+    yield np.array([-np.inf, -np.inf], np.float32)
+    yield np.array([np.inf, -np.inf, 3.0], np.float32)
+    yield np.array([-3.4e38, -1e-45, -2e-45], np.float32)  # subnormals
+    yield np.array([5.0], np.float32)
+    yield rng.integers(-2**31, 2**31, 4096, dtype=np.int64).astype(np.int32).view(np.float32)
+
+
+@pytest.mark.parametrize("case", range(10))
+def test_block_max_is_exact(case):
+    xs = list(_max_cases())[case]
+    finite_or_inf = xs[~np.isnan(xs)]
+    want = finite_or_inf.max()
+    got = _block_max(xs)
+    if np.isnan(xs).any():
+        assert np.isnan(got) or got == want  # a NaN may win; the exp-sum propagates it
+    else:
+        assert got == want  # (+0.0 and -0.0 compare equal: either may be the maximum of both)
+
+
+@pytest.mark.parametrize("fmt", ["bfloat16", "float16"])
+def test_block_max_of_half_precision_storage(fmt):
+    storage, real = HALF[fmt]
+    values = np.random.default_rng(3).standard_normal(3000).astype(real)
+    values[:5] = [-0.0, -np.inf, 0.0, -1.0, 2.0]
+    assert _block_max(values.view(storage)) == values.astype(np.float32).max()
+    negative = -np.abs(values[5:])
+    assert _block_max(negative.view(storage)) == negative.astype(np.float32).max()
+
+
 # --- half-precision loads and stores -------------------------------------------------------------
-
-HALF = {
-    "bfloat16": (np.dtype(np.uint16), np.dtype(ml_dtypes.bfloat16)),
-    "float16": (np.dtype(np.int16), np.dtype(np.float16)),
-}
-
 
 @pytest.mark.parametrize("fmt", list(HALF))
 def test_load_every_bit_pattern(fmt):

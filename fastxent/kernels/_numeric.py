@@ -1,16 +1,18 @@
 """Scalar building blocks for the CPU kernels, written so that LLVM vectorises the loops using them.
 
 * ``exp`` for float32 is computed here rather than by ``math.exp``: PyPI's llvmlite has no SVML, so
-  ``math.exp`` stays a scalar libm call inside a loop. Cody–Waite range reduction, a degree-7
-  Taylor polynomial and an exponent assembled from integer bits vectorise to AVX-512/AVX2
+  ``math.exp`` stays a scalar libm call inside a loop. Cody–Waite range reduction, a degree-6
+  minimax polynomial and an exponent assembled from integer bits vectorise to AVX-512/AVX2
   (measured: a plain two-pass kernel went from 509 ms to 76 ms at N=2048, V=131072). Maximum
-  relative error against float64 is 7.8e-8 over [-87.3, 0], under one float32 ulp (degree 6 left
-  1.2e-7 of truncation error on |r| <= ln2/2 and 2.5e-7 in all); below -87.33 the result is flushed
-  to 0 (the true value is under 1.2e-38). NaN propagates. The kernels only call it on arguments
-  <= 0.
-* ``fmax`` is LLVM's ``maxnum``: unlike a compare-and-select, LLVM vectorises it as a reduction.
-  It ignores a NaN operand, which is harmless here because the sum of exponentials that follows
-  every maximum does propagate NaN.
+  relative error against float64 is 7.6e-8 over [-87.3, 0], under one float32 ulp; below -87.33
+  the result is flushed to 0 (the true value is under 1.2e-38). NaN propagates. The kernels only
+  call it on arguments <= 0. ``exp_term`` is the same function for the terms of a sum: it clamps
+  its argument at -87.33 instead of flushing the result (one instruction instead of two; the
+  terms it keeps are below 1.2e-38, against a sum of at least 1).
+* ``block_max`` is the maximum of a block: for float32, the larger of the integer maximum and
+  minimum of the bit patterns (exact, and four times faster than LLVM's ``maxnum`` reduction,
+  which x86 needs NaN fix-ups for). ``fmax`` is ``maxnum``, for float64 blocks. Either may drop a
+  NaN, which is harmless: the sum of exponentials that follows every maximum propagates it.
 * ``load`` / ``store`` decode and encode the storage views of ``fastxent._dtypes``: ``uint16`` holds
   bfloat16 bits, ``int16`` float16 bits; float32 and float64 pass through.
 * ``cap`` is the logit soft-cap ``c·tanh(x/c)``, the identity when the cap is None (decided at
@@ -98,31 +100,49 @@ _LN2_HI = np.float32(0.693145751953125)  # ln 2 split so that k * _LN2_HI is exa
 _LN2_LO = np.float32(1.428606765330187e-06)
 _ROUND = np.float32(12582912.0)  # 1.5 * 2^23: adding it rounds to an integer held in the low bits
 _ROUND_BITS = np.uint32(0x4B400000)  # the bit pattern of _ROUND
-_P2, _P3, _P4, _P5, _P6, _P7 = (np.float32(1.0 / math.factorial(k)) for k in range(2, 8))
+# Minimax on |r| <= ln2/2 for the relative error of 1 + r + r²·q(r) (Lawson's iteration in
+# float64, then rounded to float32): 3.1e-9, far under the float32 rounding of the evaluation.
+_Q2, _Q3, _Q4, _Q5, _Q6 = (np.float32(v) for v in (
+    0.4999999403953552, 0.1666652113199234, 0.04166838899254799, 0.008368710055947304,
+    0.0013814611593261361))
 _ONE = np.float32(1.0)
 _ZERO = np.float32(0.0)
 _FLUSH = np.float32(-87.33654)  # log(2^-126): smaller arguments give 0
+_EXP_BIAS = np.uint32(127)
+_MANTISSA_BITS = np.uint32(23)
 
 
 # Not inlined at the Numba-IR level: that would compile these instructions under the caller's
-# fast-math flags, and ``reassoc`` folds (x + _ROUND) - _ROUND back to x. LLVM still inlines it,
+# fast-math flags, and ``reassoc`` folds (x + _ROUND) - _ROUND back to x. LLVM still inlines them,
 # keeping each instruction's own flags.
 @njit(fastmath={"contract"})
-def exp32(x):
+def _exp32_normal(x):
+    """exp(x) for x >= _FLUSH (the result's exponent is assembled without a range check)."""
     kf = x * _LOG2E + _ROUND
     k = kf - _ROUND
     r = x - k * _LN2_HI
     r = r - k * _LN2_LO
-    p = _P7 * r + _P6
-    p = p * r + _P5
-    p = p * r + _P4
-    p = p * r + _P3
-    p = p * r + _P2
-    p = p * r + _ONE
-    p = p * r + _ONE
-    scale = _f32_from_bits((_f32_to_bits(kf) - _ROUND_BITS + np.uint32(127)) << np.uint32(23))
-    y = p * scale
+    q = _Q6 * r + _Q5
+    q = q * r + _Q4
+    q = q * r + _Q3
+    q = q * r + _Q2
+    q = q * r + _ONE
+    p = q * r + _ONE
+    bits = (_f32_to_bits(kf) - _ROUND_BITS + _EXP_BIAS) << _MANTISSA_BITS
+    return p * _f32_from_bits(bits)
+
+
+@njit(fastmath={"contract"})
+def exp32(x):
+    """exp of a float32 <= 0; 0 below -87.33, NaN for NaN."""
+    y = _exp32_normal(x)
     return _ZERO if x < _FLUSH else y
+
+
+@njit(fastmath={"contract"})
+def _exp32_term(x):
+    # "_FLUSH if _FLUSH > x else x" is x86's maxps operand order: one instruction, and NaN stays
+    return _exp32_normal(_FLUSH if _FLUSH > x else x)
 
 
 def fexp(x):
@@ -137,6 +157,48 @@ def _fexp_impl(x):
     if x == types.float64:
         return lambda x: math.exp(x)
     return None
+
+
+def exp_term(x):
+    """exp for the terms of a sum of exponentials: :func:`fexp`, except that float32 arguments
+    below -87.33 give about 1.2e-38 instead of 0."""
+    return math.exp(x)
+
+
+@overload(exp_term, inline="always")
+def _exp_term_impl(x):
+    if x == types.float32:
+        return lambda x: _exp32_term(x)
+    if x == types.float64:
+        return lambda x: math.exp(x)
+    return None
+
+
+def block_max(xs):
+    """Maximum of a non-empty block of a storage view, in the compute type."""
+
+
+@overload(block_max, inline="always")
+def _block_max_impl(xs):
+    if xs.dtype == types.float64:
+        def max64(xs):
+            m = xs[0]
+            for j in range(1, xs.size):
+                m = fmax(m, xs[j])
+            return m
+        return max64
+
+    def max32(xs):
+        # Non-negative floats order like their bit patterns as int32, negative ones in reverse:
+        # the largest pattern is the maximum when it is >= 0, else the smallest pattern is.
+        hi = np.int32(-2147483648)
+        lo = np.int32(2147483647)
+        for j in range(xs.size):
+            k = np.int32(_f32_to_bits(np.float32(load(xs[j]))))
+            hi = max(hi, k)
+            lo = min(lo, k)
+        return _f32_from_bits(np.uint32(hi if hi >= 0 else lo))
+    return max32
 
 
 # --- loads and stores ----------------------------------------------------------------------------

@@ -23,7 +23,8 @@ from numba.extending import overload
 
 from .. import config
 from .._threading import ensure_threading_layer, parallel_guard
-from ._numeric import as_compute, cap, cap_slope, fexp, fmax, load, store, weight_at
+from ._numeric import (as_compute, block_max, cap, cap_slope, exp_term, fexp, load, store,
+                       weight_at)
 
 name = "cpu"
 
@@ -139,14 +140,6 @@ def _merge(m, s, m2, s2):
 
 
 @njit(**_REDUCE)
-def _block_max(xs):
-    m = load(xs[0])
-    for j in range(1, xs.size):
-        m = fmax(m, load(xs[j]))
-    return m
-
-
-@njit(**_REDUCE)
 def _any_nan(xs):
     for j in range(xs.size):
         v = load(xs[j])
@@ -159,7 +152,7 @@ def _any_nan(xs):
 def _block_sumexp(xs, m, c):
     s = m - m  # a zero of the compute type (m is finite here)
     for j in range(xs.size):
-        s += fexp(cap(load(xs[j]), c) - m)
+        s += exp_term(cap(load(xs[j]), c) - m)
     return s
 
 
@@ -184,7 +177,7 @@ def _segment_stats(x, q, r, lo, hi, w, c, want_sy):
         xs = x[r, b:e]
         ws = _part(w, b, e)
         # tanh is increasing, so the capped block maximum is the cap of the raw maximum
-        mb = cap(_block_max(xs), c)
+        mb = cap(block_max(xs), c)
         if mb > -np.inf:
             m, s = _merge(m, s, np.float64(mb), np.float64(_block_sumexp(xs, mb, c)))
         elif _any_nan(xs):  # maxnum skipped the NaN of a block that is otherwise all -inf
