@@ -26,12 +26,13 @@ N, V = 9, config.BLOCK + 77
 
 
 def run_both(logits, targets, backend, **options):
-    """cross_entropy and cross_entropy_with_grad with the same options; the two losses agree."""
+    """cross_entropy and cross_entropy_with_grad with the same options; the two losses agree
+    (within the tolerance: the fused kernel sums the same terms in another order)."""
     grad_output = options.pop("grad_output", 1.0)
     loss = fx.cross_entropy(logits, targets, backend=backend, **options)
     fused, grad = fx.cross_entropy_with_grad(logits, targets, backend=backend,
                                              grad_output=grad_output, **options)
-    assert_loss_close(fused, loss, logits.dtype, rtol=1e-12, atol=1e-12)
+    assert_loss_close(fused, loss, logits.dtype)
     return loss, fused, grad
 
 

@@ -59,3 +59,25 @@ def test_gradient_write_is_packed(inplace):
     asm = _asm(cpu._segment_grad, sig)
     assert _packed(asm, r"vfmadd\d{3}ps")
     assert _packed(asm, "vmovups")
+
+
+@pytest.mark.parametrize("inplace", [False, True], ids=["out", "inplace"])
+def test_kept_exp_sum_is_packed(inplace):
+    """The fused kernel's statistics pass: exp-sum that also writes each term."""
+    dst = types.none if inplace else SEG
+    asm = _asm(cpu._block_sumexp_kept, (SEG, dst, F32))
+    assert _packed(asm, r"vfmadd\d{3}ps")
+    assert _packed(asm, "vmovups")
+    assert not re.search(r"call[^\n]*exp", asm)
+
+
+@pytest.mark.parametrize("terms", ["in-destination", "scratch"])
+def test_gradient_scaling_of_kept_terms_is_packed(terms):
+    """The fused kernel's gradient pass: kept terms times a scale (float32, or from a float32
+    scratch into a bfloat16 gradient)."""
+    if terms == "in-destination":
+        sig = (SEG, types.none, types.none, types.none, F32, F32, F32)
+    else:
+        sig = (types.Array(types.uint16, 1, "C"), SEG, types.none, types.none, F32, F32, F32)
+    asm = _asm(cpu._segment_scale, sig)
+    assert _packed(asm, r"v(fmadd|fmsub|mul)\w*ps")

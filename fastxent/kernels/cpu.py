@@ -18,7 +18,7 @@ combination compiles to its own loop without branches in it.
 import math
 
 import numpy as np
-from numba import njit, prange, types
+from numba import get_num_threads, get_thread_id, njit, prange, types
 from numba.extending import overload
 
 from .. import config
@@ -165,8 +165,27 @@ def _block_sum_wy(xs, ws, c):
 
 
 @njit(**_REDUCE)
-def _segment_stats(x, q, r, lo, hi, w, c, want_sy):
-    """(max, sum-exp, Σwqy, Σwq, Σwy) of x[r, lo:hi], block by block."""
+def _block_sumexp_kept(xs, es, m):
+    """Σ exp(y − m) over a block, each term also written to ``es`` (compute type), or over ``xs``
+    itself when ``es`` is None (one pointer, so that LLVM vectorises; see ``_segment_grad``)."""
+    dst = _dst(xs, es)
+    s = m - m
+    for j in range(xs.size):
+        e = fexp(load(xs[j]) - m)
+        dst[j] = e
+        s += e
+    return s
+
+
+@njit(**_REDUCE)
+def _segment_stats(x, q, r, lo, hi, w, c, want_sy, kept, bm):
+    """(max, sum-exp, Σwqy, Σwq, Σwy) of x[r, lo:hi], block by block.
+
+    With ``kept`` (not None) each term exp(y − block max) is also written to ``kept[lo:hi]`` (a
+    row indexed by column), or over the logits themselves when ``kept`` is the tag True (in
+    place), and each block's maximum to ``bm`` (indexed by block), so that the gradient pass only
+    scales them.
+    """
     m = -np.inf
     s = 0.0
     sqy = 0.0
@@ -176,18 +195,58 @@ def _segment_stats(x, q, r, lo, hi, w, c, want_sy):
         e = min(b + _BLOCK, hi)
         xs = x[r, b:e]
         ws = _part(w, b, e)
-        # tanh is increasing, so the capped block maximum is the cap of the raw maximum
-        mb = cap(block_max(xs), c)
-        if mb > -np.inf:
-            m, s = _merge(m, s, np.float64(mb), np.float64(_block_sumexp(xs, mb, c)))
-        elif _any_nan(xs):  # maxnum skipped the NaN of a block that is otherwise all -inf
-            s = np.nan
+        # before the terms may overwrite the block (in place)
         a, bq = _q_sums(xs, _row_part(q, r, b, e), ws, c)
         sqy += a
         sq += bq
         if want_sy:
             sy += _block_sum_wy(xs, ws, c)
+        # tanh is increasing, so the capped block maximum is the cap of the raw maximum
+        mb = cap(block_max(xs), c)
+        if kept is not None:
+            bm[b // _BLOCK] = mb
+        if mb > -np.inf:
+            if kept is None:
+                sb = _block_sumexp(xs, mb, c)
+            else:
+                sb = _keep_terms(xs, kept, b, e, mb)
+            m, s = _merge(m, s, np.float64(mb), np.float64(sb))
+        else:
+            nan = _any_nan(xs)  # maxnum may have skipped the NaN of an otherwise -inf block
+            if nan:
+                s = np.nan
+            if kept is not None:  # the terms of an all -inf block are 0 (NaN with a NaN)
+                _fill_terms(xs, kept, b, e, np.nan if nan else 0.0)
     return m, s, sqy, sq, sy
+
+
+def _keep_terms(xs, kept, lo, hi, mb):
+    """``_block_sumexp_kept`` into ``kept[lo:hi]``, or over ``xs`` when ``kept`` is the tag for
+    "in place"."""
+
+
+@overload(_keep_terms, **_OVERLOAD)
+def _keep_terms_impl(xs, kept, lo, hi, mb):
+    if isinstance(kept, types.Boolean):  # in place: the terms overwrite the logits
+        return lambda xs, kept, lo, hi, mb: _block_sumexp_kept(xs, None, mb)
+    return lambda xs, kept, lo, hi, mb: _block_sumexp_kept(xs, kept[lo:hi], mb)
+
+
+def _fill_terms(xs, kept, lo, hi, value):
+    """Set the kept terms of a block (or the block itself, in place) to ``value``."""
+
+
+@overload(_fill_terms, **_OVERLOAD)
+def _fill_terms_impl(xs, kept, lo, hi, value):
+    if isinstance(kept, types.Boolean):
+        def fill_inplace(xs, kept, lo, hi, value):
+            for j in range(xs.size):
+                xs[j] = store(value, xs)
+        return fill_inplace
+
+    def fill(xs, kept, lo, hi, value):
+        kept[lo:hi] = value
+    return fill
 
 
 def _dst(xs, gs):
@@ -218,44 +277,61 @@ def _segment_grad(xs, gs, qs, ws, m, inv_s, a, c0, c1, c):
 
 
 @njit(**_REDUCE)
+def _segment_scale(ds, es, qs, ws, scale, c0, c1):
+    """ds = e·scale − c1·w − c0·w·q from kept terms e = exp(y − block max): ``es``, or ``ds``
+    itself when ``es`` is None (the terms were kept in the destination)."""
+    src = _dst(ds, es)
+    for j in range(ds.size):
+        wj = weight_at(ws, j)
+        ds[j] = store(load(src[j]) * scale - wj * (c1 + c0 * _q_at(qs, j)), ds)
+
+
+@njit(**_REDUCE)
 def _zero(gs):
     for j in range(gs.size):
         gs[j] = store(0.0, gs)
 
 
-# --- whole rows ----------------------------------------------------------------------------------
-# Internal per-row statistics: [max, sum-exp, Σwqy, Σwq, Σwy] in float64; the target terms of
-# integer targets are added when a row is finished.
+# --- rows and chunks -----------------------------------------------------------------------------
 
 
 @njit(**_REDUCE)
-def _finish_row(x, t, r, w, c, st):
-    yt, wt = _target_terms(x, t, r, w, c)
+def _finish_row(st, r, yt, wt):
     st[r, 2] += wt * yt
     st[r, 3] += wt
 
 
 @njit(**_REDUCE)
-def _row_grad(x, t, q, g, inplace, r, lo, hi, w, c, st, coef, w_sum):
-    """Write the gradient of row r over [lo, hi) from its finished statistics."""
+def _row_grad(x, t, q, g, inplace, r, lo, hi, w, c, st, coef, w_sum, yt, wt, kept, bm):
+    """Write the gradient of row r over [lo, hi) from its finished statistics: from the terms
+    kept by the statistics pass when ``kept`` is given (scaled block by block), else recomputed
+    from the logits (soft-cap)."""
     m64 = st[r, 0]
     s = st[r, 1]
     lse = m64 + math.log(s)
     c0 = coef[r, 0]
     c1 = coef[r, 1]
-    a = as_compute(c0 * st[r, 3] + c1 * w_sum + coef[r, 2] * lse, x)
+    a64 = c0 * st[r, 3] + c1 * w_sum + coef[r, 2] * lse
+    a = as_compute(a64, x)
     # exp(y - lse) as exp(y - m) / s: m is a logit value, so y - m loses nothing for large logits
     m = as_compute(m64, x)
     inv_s = as_compute(1.0 / s, x)
-    yt, wt = _target_terms(x, t, r, w, c)  # read before the row is overwritten in place
-    qs = _row_part(q, r, lo, hi)
-    ws = _part(w, lo, hi)
     c0c = as_compute(c0, x)
     c1c = as_compute(c1, x)
-    if inplace:
-        _segment_grad(x[r, lo:hi], None, qs, ws, m, inv_s, a, c0c, c1c, c)
+    if kept is None:
+        qs = _row_part(q, r, lo, hi)
+        ws = _part(w, lo, hi)
+        if inplace:
+            _segment_grad(x[r, lo:hi], None, qs, ws, m, inv_s, a, c0c, c1c, c)
+        else:
+            _segment_grad(x[r, lo:hi], g[r, lo:hi], qs, ws, m, inv_s, a, c0c, c1c, c)
     else:
-        _segment_grad(x[r, lo:hi], g[r, lo:hi], qs, ws, m, inv_s, a, c0c, c1c, c)
+        for b in range(lo, hi, _BLOCK):
+            e = min(b + _BLOCK, hi)
+            scale = as_compute(math.exp(bm[b // _BLOCK] - m64) * a64 / s, x)
+            qs = _row_part(q, r, b, e)
+            ws = _part(w, b, e)
+            _scale_terms(g[r, b:e], kept, b, e, qs, ws, scale, c0c, c1c)
     if t is not None:
         j = t[r]
         if lo <= j < hi:  # the one-hot term, written once (no double rounding in half precision)
@@ -264,8 +340,60 @@ def _row_grad(x, t, q, g, inplace, r, lo, hi, w, c, st, coef, w_sum):
             g[r, j] = store(gj * cap_slope(y, c), g)
 
 
+def _scale_terms(gs, kept, lo, hi, qs, ws, scale, c0, c1):
+    """``_segment_scale`` of a block whose terms are in ``kept[lo:hi]``, or in ``gs`` itself when
+    ``kept`` is the tag for "kept in the destination"."""
+
+
+@overload(_scale_terms, **_OVERLOAD)
+def _scale_terms_impl(gs, kept, lo, hi, qs, ws, scale, c0, c1):
+    if isinstance(kept, types.Boolean):
+        return lambda gs, kept, lo, hi, qs, ws, scale, c0, c1: _segment_scale(
+            gs, None, qs, ws, scale, c0, c1)
+    return lambda gs, kept, lo, hi, qs, ws, scale, c0, c1: _segment_scale(
+        gs, kept[lo:hi], qs, ws, scale, c0, c1)
+
+
+def _kept_row(keep, scratch, i):
+    """Where the statistics pass keeps its terms for the gradient: nowhere (None: forward only, or
+    a soft-cap, whose gradient recomputes them), in the destination (the tag True: the gradient's
+    dtype is the compute type, so the terms go where the gradient will be), or row ``i`` of a
+    float32 scratch (half-precision gradients, which must be rounded once)."""
+
+
+@overload(_kept_row, **_OVERLOAD)
+def _kept_row_impl(keep, scratch, i):
+    if isinstance(keep, types.NoneType):
+        return lambda keep, scratch, i: None
+    if isinstance(scratch, types.NoneType):
+        return lambda keep, scratch, i: True
+    return lambda keep, scratch, i: scratch[i]
+
+
+def _stats(x, q, r, lo, hi, w, c, want_sy, g, inplace, kept, bm):
+    """``_segment_stats`` of x[r, lo:hi] with the terms kept as ``kept`` says."""
+
+
+@overload(_stats, **_OVERLOAD)
+def _stats_impl(x, q, r, lo, hi, w, c, want_sy, g, inplace, kept, bm):
+    if isinstance(kept, types.NoneType):
+        def forward(x, q, r, lo, hi, w, c, want_sy, g, inplace, kept, bm):
+            return _segment_stats(x, q, r, lo, hi, w, c, want_sy, None, None)
+        return forward
+    if isinstance(kept, types.Boolean):
+        def in_destination(x, q, r, lo, hi, w, c, want_sy, g, inplace, kept, bm):
+            if inplace:  # the tag, so that the terms overwrite the logits through one pointer
+                return _segment_stats(x, q, r, lo, hi, w, c, want_sy, True, bm[r])
+            return _segment_stats(x, q, r, lo, hi, w, c, want_sy, g[r], bm[r])
+        return in_destination
+
+    def in_scratch(x, q, r, lo, hi, w, c, want_sy, g, inplace, kept, bm):
+        return _segment_stats(x, q, r, lo, hi, w, c, want_sy, kept, bm[r])
+    return in_scratch
+
+
 @njit(**_PARALLEL)
-def _rows(x, t, q, w, c, want_sy, coef, w_sum, g, inplace, st):
+def _rows(x, t, q, w, c, want_sy, coef, w_sum, g, inplace, st, keep, scratch, bm):
     """One task per row: statistics, then (when ``g`` is given) the gradient from L2."""
     n, v = x.shape
     for r in prange(n):
@@ -275,22 +403,43 @@ def _rows(x, t, q, w, c, want_sy, coef, w_sum, g, inplace, st):
             if g is not None:
                 _zero(g[r])
             continue
-        m, s, sqy, sq, sy = _segment_stats(x, q, r, 0, v, w, c, want_sy)
+        yt, wt = _target_terms(x, t, r, w, c)  # read before the terms may overwrite the row
+        kept = _kept_row(keep, scratch, get_thread_id())
+        m, s, sqy, sq, sy = _stats(x, q, r, 0, v, w, c, want_sy, g, inplace, kept, bm)
         st[r, 0] = m
         st[r, 1] = s
         st[r, 2] = sqy
         st[r, 3] = sq
         st[r, 4] = sy
-        _finish_row(x, t, r, w, c, st)
+        _finish_row(st, r, yt, wt)
         if g is not None:
-            _row_grad(x, t, q, g, inplace, r, 0, v, w, c, st, coef, w_sum)
+            _row_grad(x, t, q, g, inplace, r, 0, v, w, c, st, coef, w_sum, yt, wt, kept,
+                      _bm_row(bm, r))
+
+
+def _bm_row(bm, r):
+    """Row r of the block maxima, or None when the terms are not kept."""
+
+
+@overload(_bm_row, **_OVERLOAD)
+def _bm_row_impl(bm, r):
+    if isinstance(bm, types.NoneType):
+        return lambda bm, r: None
+    return lambda bm, r: bm[r]
 
 
 @njit(**_PARALLEL)
-def _chunks(x, t, q, w, c, want_sy, coef, w_sum, g, inplace, st, nchunk, size):
+def _chunks(x, t, q, w, c, want_sy, coef, w_sum, g, inplace, st, keep, scratch, bm, nchunk,
+            size):
     """Rows cut into ``nchunk`` chunks of ``size`` columns: partials, merge, then the gradient."""
     n, v = x.shape
     part = np.empty((n * nchunk, 5))
+    target = np.zeros((n, 2))
+    for r in range(n):  # before the terms may overwrite the rows
+        if not _ignored(t, r):
+            yt, wt = _target_terms(x, t, r, w, c)
+            target[r, 0] = yt
+            target[r, 1] = wt
     for k in prange(n * nchunk):
         r = k // nchunk
         lo = (k % nchunk) * size
@@ -299,7 +448,8 @@ def _chunks(x, t, q, w, c, want_sy, coef, w_sum, g, inplace, st, nchunk, size):
             part[k, 0] = -np.inf
             part[k, 1:] = 0.0
             continue
-        m, s, sqy, sq, sy = _segment_stats(x, q, r, lo, hi, w, c, want_sy)
+        kept = _kept_row(keep, scratch, r)
+        m, s, sqy, sq, sy = _stats(x, q, r, lo, hi, w, c, want_sy, g, inplace, kept, bm)
         part[k, 0] = m
         part[k, 1] = s
         part[k, 2] = sqy
@@ -320,7 +470,7 @@ def _chunks(x, t, q, w, c, want_sy, coef, w_sum, g, inplace, st, nchunk, size):
             st[r, :] = 0.0
             st[r, 1] = 1.0
         else:
-            _finish_row(x, t, r, w, c, st)
+            _finish_row(st, r, target[r, 0], target[r, 1])
     if g is not None:
         for k in prange(n * nchunk):
             r = k // nchunk
@@ -329,7 +479,9 @@ def _chunks(x, t, q, w, c, want_sy, coef, w_sum, g, inplace, st, nchunk, size):
             if _ignored(t, r):
                 _zero(g[r, lo:hi])
             elif lo < hi:
-                _row_grad(x, t, q, g, inplace, r, lo, hi, w, c, st, coef, w_sum)
+                kept = _kept_row(keep, scratch, r)
+                _row_grad(x, t, q, g, inplace, r, lo, hi, w, c, st, coef, w_sum, target[r, 0],
+                          target[r, 1], kept, _bm_row(bm, r))
 
 
 # --- the backend interface -----------------------------------------------------------------------
@@ -337,8 +489,6 @@ def _chunks(x, t, q, w, c, want_sy, coef, w_sum, g, inplace, st, nchunk, size):
 
 def _plan(n, v):
     """How many chunks to cut each row into so that every thread has work (1 for large batches)."""
-    from numba import get_num_threads
-
     threads = get_num_threads()
     if n >= config.ROWS_PER_THREAD_FOR_ROW_TASKS * threads or v <= config.MIN_CHUNK:
         return 1, v
@@ -362,13 +512,24 @@ def _run(x, targets, weight, softcap, want_sy, coef, grad):
     c = None if softcap is None else float(softcap)
     nchunk, size = _plan(n, v)
     inplace = grad is not None and _same_memory(grad, x)
+    keep = scratch = bm = None
+    if grad is not None and c is None:
+        # the statistics pass keeps exp(y - block max) for the gradient pass, which then only
+        # scales them: one exp per element instead of two (a soft-cap's slope needs y, so a capped
+        # gradient recomputes instead)
+        keep = True
+        bm = np.empty((n, -(-v // _BLOCK)))
+        if x.dtype.itemsize == 2:  # half-precision gradient: keep float32 terms beside it
+            scratch_rows = get_num_threads() if nchunk == 1 else n
+            scratch = np.empty((scratch_rows, v), np.float32)
     with parallel_guard() as parallel:
         if nchunk == 1:
             kernel = _rows if parallel else _serial(_rows)
-            kernel(x, t, q, w, c, want_sy, coef, w_sum, grad, inplace, st)
+            kernel(x, t, q, w, c, want_sy, coef, w_sum, grad, inplace, st, keep, scratch, bm)
         else:
             kernel = _chunks if parallel else _serial(_chunks)
-            kernel(x, t, q, w, c, want_sy, coef, w_sum, grad, inplace, st, nchunk, size)
+            kernel(x, t, q, w, c, want_sy, coef, w_sum, grad, inplace, st, keep, scratch, bm,
+                   nchunk, size)
     return st
 
 
