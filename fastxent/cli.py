@@ -1,5 +1,5 @@
 """The ``fastxent`` command: ``fastxent info`` describes the installation, ``fastxent bench``
-runs the quick benchmark (its logic lives in :mod:`fastxent.bench`).
+runs the benchmark (its logic lives in :mod:`fastxent.bench`).
 
 Heavy imports (torch, the benchmark's peers) happen inside the subcommands, so ``fastxent --help``
 stays instant.
@@ -8,6 +8,7 @@ stays instant.
 import argparse
 import json
 import os
+import shlex
 import sys
 
 from . import bench
@@ -73,11 +74,11 @@ def build_parser():
                                       "threads and threading layer, SVML, CPU model and SIMD.")
     info.add_argument("--json", action="store_true", help="print JSON instead of text")
     info.set_defaults(handler=_info)
-    quick = sub.add_parser("bench", help="quick benchmark against NumPy and PyTorch",
-                           description=bench.__doc__.split("\n\n")[0] + " Progress goes to "
-                           "stderr, the Markdown table to stdout.")
-    bench.add_arguments(quick)
-    quick.set_defaults(handler=lambda args, p=quick: bench.run_from_args(args, p))
+    timing = sub.add_parser("bench", help="benchmark against NumPy, SciPy, PyTorch and JAX",
+                            description=bench.__doc__.split("\n\n")[0] + " Progress goes to "
+                            "stderr, the Markdown tables to stdout.")
+    bench.add_arguments(timing)
+    timing.set_defaults(handler=lambda args, p=timing: bench.run_from_args(args, p))
     return parser
 
 
@@ -95,7 +96,10 @@ def main(argv=None):
         The exit status (argparse exits with status 2 on bad arguments).
     """
     parser = build_parser()
+    if argv is None:
+        argv = sys.argv[1:]
     args = parser.parse_args(argv)
+    args.command_line = shlex.join(["fastxent", *argv])
     try:
         return args.handler(args, parser)
     except BrokenPipeError:  # `fastxent info | head`: the reader left, which is not an error

@@ -13,8 +13,9 @@ import fastxent
 from fastxent import bench
 from fastxent.cli import main
 
-ROW_KEYS = {"contender", "workload", "variant", "bytes", "time_s", "times_s", "first_call_s",
-            "gbps", "ratio", "floor_fraction", "peak_rss_growth_bytes", "error"}
+ROW_KEYS = {"contender", "workload", "variant", "rows", "vocab", "dtype", "bytes", "time_s",
+            "times_s", "first_call_s", "gbps", "ratio", "floor_fraction", "exp_floor_fraction",
+            "peak_rss_growth_bytes", "notes", "error"}
 
 
 def test_info_text(capsys):
@@ -42,16 +43,20 @@ def test_info_json(capsys):
 def test_bench_writes_json(tmp_path, capsys):
     path = tmp_path / "r.json"
     assert main(["bench", "--rows", "16", "--vocab", "1024", "--repeat", "1", "--peers", "numpy",
-                 "--json", str(path)]) == 0
+                 "--bandwidth-mib", "8", "--json", str(path)]) == 0
     out = capsys.readouterr().out
     assert "| contender" in out and "| numpy" in out
     report = json.loads(path.read_text())
-    assert {"schema", "date", "config", "versions", "machine", "bandwidth", "results",
-            "skipped", "elapsed_s"} <= set(report)
-    assert report["config"] == dict(rows=16, vocab=1024, dtype="float32", repeat=1,
-                                    peers=["numpy"], memory=False, seed=0)
+    assert {"schema", "date", "command", "config", "versions", "machine", "ceilings", "results",
+            "skipped", "dropped", "elapsed_s"} <= set(report)
+    assert report["command"].startswith("fastxent bench --rows 16")
+    config = report["config"]
+    assert (config["rows"], config["vocab"], config["dtypes"]) == ([16], [1024], ["float32"])
+    assert config["workloads"] == ["forward", "fwd+bwd"] and config["peers"] == ["numpy"]
+    assert config["repeat"] == 1 and config["memory"] is False and config["seed"] == 0
     assert report["machine"]["cpu"]["cpu_count"] >= 1
-    assert report["bandwidth"]["read_GBps"] > 0 and report["bandwidth"]["copy_GBps"] > 0
+    ceilings = report["ceilings"]
+    assert ceilings["read_GBps"] > 0 and ceilings["copy_GBps"] > 0 and ceilings["exp_Gps"] > 0
     rows = {(r["contender"], r["workload"], r["variant"]): r for r in report["results"]}
     assert set(rows) == {("fastxent", "forward", ""), ("fastxent", "fwd+bwd", ""),
                          ("fastxent", "fwd+bwd", "in place"), ("numpy", "forward", ""),
@@ -59,18 +64,18 @@ def test_bench_writes_json(tmp_path, capsys):
     for r in rows.values():
         assert set(r) == ROW_KEYS
         assert r["error"] is None
-        assert r["time_s"] > 0 and len(r["times_s"]) == 1 and r["gbps"] > 0
-        assert r["floor_fraction"] > 0
+        assert r["time_s"] > 0 and len(r["times_s"]) >= 1 and r["gbps"] > 0
+        assert r["floor_fraction"] > 0 and r["exp_floor_fraction"] > 0
     assert rows["fastxent", "forward", ""]["ratio"] == 1.0
     assert rows["numpy", "forward", ""]["bytes"] == 16 * 1024 * 4
     assert rows["numpy", "fwd+bwd", ""]["bytes"] == 2 * 16 * 1024 * 4
 
 
-def test_bench_without_peers_or_bandwidth(capsys):
+def test_bench_without_peers_or_ceilings(capsys):
     assert main(["bench", "--rows", "4", "--vocab", "64", "--repeat", "1", "--peers",
                  "--bandwidth-mib", "0"]) == 0
     out = capsys.readouterr().out
-    assert "memory bandwidth" not in out
+    assert "ceilings" not in out
     assert out.count("| fastxent") == 3
 
 
@@ -91,10 +96,17 @@ def test_bench_bfloat16(capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["bench", "--peers", "jax"], "invalid choice: 'jax'"),
+    (["bench", "--peers", "tensorflow"], "invalid choice: 'tensorflow'"),
     (["bench", "--rows", "0"], "expected a positive integer, got 0"),
+    (["bench", "--rows", "16", "-3"], "expected a positive integer, got -3"),
     (["bench", "--vocab", "many"], "expected a positive integer, got 'many'"),
-    (["bench", "--dtype", "float16"], "invalid choice: 'float16'"),
+    (["bench", "--dtype", "float64"], "invalid choice: 'float64'"),
+    (["bench", "--workloads", "backward"], "invalid choice: 'backward'"),
+    (["bench", "--time-budget", "0"], "expected a positive number, got 0"),
+    (["bench", "--time-budget", "soon"], "expected a positive number, got 'soon'"),
+    (["bench", "--memory-budget-gib", "-1"], "expected a positive number, got -1"),
+    (["bench", "--bandwidth-mib", "-5"], "expected a positive integer, got -5"),
+    (["bench", "--rows"], "expected at least one argument"),
     (["bench", "--frobnicate"], "unrecognized arguments: --frobnicate"),
     (["info", "--yaml"], "unrecognized arguments: --yaml"),
     ([], "required: COMMAND"),
@@ -153,14 +165,15 @@ def test_ratios_and_floor_fractions():
 
 
 def test_failed_contender_is_a_table_row():
-    report = {"config": dict(rows=1, vocab=2, dtype="float32", repeat=1, memory=False),
+    report = {"config": dict(repeat=1, time_budget_s=1.0, memory=False),
               "machine": {"cpu": bench.cpu_info(), "numba": {"threads": 1,
                                                              "threading_layer": "tbb"}},
-              "versions": {"numba": "0"}, "bandwidth": None, "skipped": {},
-              "results": [bench.asdict(bench.Result("torch.compile", "forward",
-                                                     error="CompilerError: no cc"))]}
+              "versions": {"numba": "0"}, "ceilings": None, "skipped": {}, "dropped": [],
+              "results": [bench.Result("torch.compile", "forward", rows=1, vocab=2,
+                                       error="CompilerError: no cc").as_dict()]}
     text = bench.format_report(report)
     assert "| torch.compile | forward" in text and "CompilerError: no cc" in text
+    assert "## N=1, V=2, float32" in text
 
 
 def test_numpy_peer_matches_fastxent():
