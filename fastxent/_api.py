@@ -74,20 +74,19 @@ def _stats(p, coef=None, grad=None):
 def _loss(p, stats):
     """Per-row losses from ``[lse, Σwqy, Σwq, Σwy]``, then the reduction."""
     lse, swqy, swq, swy = stats.T
-    with np.errstate(invalid="ignore", over="ignore"):
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         ce = (1.0 - p.smoothing) * (lse * swq - swqy)
         if p.smoothing > 0:
             ce += p.smoothing / p.n_classes * (lse * p.weight_sum - swy)
         zt = p.z_loss * lse * lse if p.z_loss > 0 else np.zeros_like(lse)
-    # a +inf logit makes PyTorch's log_softmax NaN for its whole row (inf - inf)
-    ce = np.where(lse == np.inf, np.nan, ce)
-    ce = np.where(p.valid, ce, 0.0)
-    zt = np.where(p.valid, zt, 0.0)
-    if p.reduction == "none":
-        return (ce + zt).astype(compute_dtype(p.dtype)).reshape(p.lead)
-    if p.reduction == "sum":
-        return float(np.sum(ce) + np.sum(zt))
-    with np.errstate(invalid="ignore", divide="ignore"):
+        # a +inf logit makes PyTorch's log_softmax NaN for its whole row (inf - inf)
+        ce = np.where(lse == np.inf, np.nan, ce)
+        ce = np.where(p.valid, ce, 0.0)
+        zt = np.where(p.valid, zt, 0.0)
+        if p.reduction == "none":
+            return (ce + zt).astype(compute_dtype(p.dtype)).reshape(p.lead)
+        if p.reduction == "sum":
+            return float(np.sum(ce) + np.sum(zt))
         return float(np.float64(np.sum(ce)) / p.denom + np.float64(np.sum(zt)) / p.n_valid)
 
 

@@ -1,6 +1,7 @@
 """Validation of user arguments, shared by every public function. Messages name the argument,
 what it was, and what is allowed."""
 
+import math
 import numbers
 
 import numpy as np
@@ -43,7 +44,7 @@ def real(value, name, *, low=None, high=None, low_open=False):
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
     v = float(value)
-    if not np.isfinite(v):
+    if not math.isfinite(v):
         raise ValueError(f"{name}={value!r} must be finite")
     if low is not None and (v < low or (low_open and v == low)):
         bound = f"> {low}" if low_open else f">= {low}"

@@ -14,9 +14,20 @@ SUPPORTED = ("float32", "float64", "float16", "bfloat16")
 _STORAGE = {"float16": np.dtype(np.int16), "bfloat16": np.dtype(np.uint16)}
 
 
+_NAMES = {}
+
+
 def name(dtype):
-    """The dtype's name, with ml_dtypes' bfloat16 recognised without importing ml_dtypes."""
-    return np.dtype(dtype).name
+    """The dtype's name, with ml_dtypes' bfloat16 recognised without importing ml_dtypes.
+
+    Cached per dtype: ``dtype.name`` is computed in Python on every access (microseconds, which
+    count for small calls).
+    """
+    d = np.dtype(dtype)
+    found = _NAMES.get(d)
+    if found is None:
+        found = _NAMES[d] = d.name
+    return found
 
 
 def is_float(dtype):

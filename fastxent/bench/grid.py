@@ -42,16 +42,8 @@ TEMPORARIES = {
 }
 
 
-@dataclass(frozen=True)
-class Spec:
-    """One case of the grid."""
-
-    contender: str
-    workload: str
-    variant: str
-    rows: int
-    vocab: int
-    dtype: str
+class Labelled:
+    """What a case and its result are called: the contender (and variant), and the shape."""
 
     @property
     def label(self):
@@ -60,6 +52,18 @@ class Spec:
     @property
     def shape(self):
         return (self.rows, self.vocab, self.dtype)
+
+
+@dataclass(frozen=True)
+class Spec(Labelled):
+    """One case of the grid."""
+
+    contender: str
+    workload: str
+    variant: str
+    rows: int
+    vocab: int
+    dtype: str
 
     @property
     def id(self):

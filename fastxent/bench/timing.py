@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Optional
 
 from .ceilings import floor_seconds
+from .grid import Labelled
 
 #: Seconds of timed calls a case gets at least, once it has ``repeat`` calls (fast calls are
 #: noisy one by one).
@@ -22,7 +23,7 @@ MAX_CALLS = 200
 
 
 @dataclass
-class Result:
+class Result(Labelled):
     """One row of the report. Times in seconds; ``None`` where not measured."""
 
     contender: str
@@ -43,13 +44,6 @@ class Result:
     notes: str = ""
     error: Optional[str] = None
 
-    @property
-    def label(self):
-        return f"{self.contender} ({self.variant})" if self.variant else self.contender
-
-    @property
-    def shape(self):
-        return (self.rows, self.vocab, self.dtype)
 
     def as_dict(self):
         return asdict(self)

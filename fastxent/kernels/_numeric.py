@@ -150,28 +150,25 @@ def fexp(x):
     return math.exp(x)
 
 
-@overload(fexp, inline="always")
-def _fexp_impl(x):
-    if x == types.float32:
-        return lambda x: exp32(x)
-    if x == types.float64:
-        return lambda x: math.exp(x)
-    return None
-
-
 def exp_term(x):
     """exp for the terms of a sum of exponentials: :func:`fexp`, except that float32 arguments
     below -87.33 give about 1.2e-38 instead of 0."""
     return math.exp(x)
 
 
-@overload(exp_term, inline="always")
-def _exp_term_impl(x):
-    if x == types.float32:
-        return lambda x: _exp32_term(x)
-    if x == types.float64:
-        return lambda x: math.exp(x)
-    return None
+def _float32_or_libm(exp_float32):
+    """Overload implementation: ``exp_float32`` for float32 arguments, libm for float64."""
+    def impl(x):
+        if x == types.float32:
+            return lambda x: exp_float32(x)
+        if x == types.float64:
+            return lambda x: math.exp(x)
+        return None
+    return impl
+
+
+overload(fexp, inline="always")(_float32_or_libm(exp32))
+overload(exp_term, inline="always")(_float32_or_libm(_exp32_term))
 
 
 def block_max(xs):

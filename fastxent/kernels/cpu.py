@@ -4,7 +4,9 @@ Every row is walked in blocks of ``config.BLOCK`` elements that stay in L1: the 
 then the sum of ``exp(y - block_max)`` from L1, merged into a running pair with
 ``s = s·exp(m - m') + s_blk·exp(m_blk - m')`` (Milakov & Gimelshein, "Online normalizer calculation
 for softmax", 2018). So the logits come from main memory once for the statistics. The fused kernel
-then writes the gradient of the same row while it is still in L2.
+keeps each term exp(y - block_max) where the gradient goes (a float32 scratch row for half
+precision) and, once the row's statistics are known, scales them into the gradient while the row
+is still in L2: one exponential per element.
 
 Rows are spread over threads with ``prange``. With fewer rows than threads can share (batch-1
 scoring of a 256K vocabulary) each row is cut into ``nchunk`` chunks; every chunk returns its
@@ -557,14 +559,19 @@ def _compute_dtype(x):
 
 
 def _public_stats(st):
-    m, s = st[:, 0], st[:, 1]
+    """Kernel statistics [m, s, Σwqy, Σwq, Σwy] → the interface's [lse, Σwqy, Σwq, Σwy]."""
+    out = st[:, 1:]  # a view: the first column becomes lse in place
+    m = st[:, 0]
     with np.errstate(divide="ignore", invalid="ignore"):
-        lse = np.where(m == np.inf, np.inf, m + np.log(s))
-    return np.stack([lse, st[:, 2], st[:, 3], st[:, 4]], axis=-1)
+        lse = m + np.log(st[:, 1])
+    lse[m == np.inf] = np.inf
+    out[:, 0] = lse
+    return out
 
 
 def logsumexp(x, softcap=None):
-    return _public_stats(_run(x, None, None, softcap, False, None, None))[:, 0]
+    stats = _public_stats(_run(x, None, None, softcap, False, None, None))
+    return np.ascontiguousarray(stats[:, 0])
 
 
 def rows(x, targets, weight, softcap, want_sy, coef=None, grad=None):
