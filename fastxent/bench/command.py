@@ -48,7 +48,7 @@ def add_arguments(parser):
     parser.add_argument("--full", action="store_true",
                         help=f"the whole grid: rows {_words(_FULL['rows'])} × vocab "
                              f"{_words(_FULL['vocab'])} × {_words(_FULL['dtypes'])} × every "
-                             "workload, with --memory (an hour or more on 2 cores); the options "
+                             "workload, with --memory (about 50 minutes on 2 cores); the options "
                              "below narrow it")
     parser.add_argument("--rows", type=_positive_int, nargs="+", metavar="N",
                         help=f"rows of the logits (default {_words(_QUICK['rows'])})")
