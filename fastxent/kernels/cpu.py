@@ -214,7 +214,7 @@ def _segment_stats(x, q, r, lo, hi, w, c, want_sy, kept, bm):
                 sb = _keep_terms(xs, kept, b, e, mb)
             m, s = _merge(m, s, np.float64(mb), np.float64(sb))
         else:
-            nan = _any_nan(xs)  # maxnum may have skipped the NaN of an otherwise -inf block
+            nan = _any_nan(xs)  # the maximum may have passed over a NaN among -inf
             if nan:
                 s = np.nan
             if kept is not None:  # the terms of an all -inf block are 0 (NaN with a NaN)
@@ -373,7 +373,8 @@ def _kept_row_impl(keep, scratch, i):
 
 
 def _stats(x, q, r, lo, hi, w, c, want_sy, g, inplace, kept, bm):
-    """``_segment_stats`` of x[r, lo:hi] with the terms kept as ``kept`` says."""
+    """``_segment_stats`` of x[r, lo:hi] with the terms kept as ``kept`` says (``bm``: row r of
+    the block maxima, or None)."""
 
 
 @overload(_stats, **_OVERLOAD)
@@ -385,12 +386,12 @@ def _stats_impl(x, q, r, lo, hi, w, c, want_sy, g, inplace, kept, bm):
     if isinstance(kept, types.Boolean):
         def in_destination(x, q, r, lo, hi, w, c, want_sy, g, inplace, kept, bm):
             if inplace:  # the tag, so that the terms overwrite the logits through one pointer
-                return _segment_stats(x, q, r, lo, hi, w, c, want_sy, True, bm[r])
-            return _segment_stats(x, q, r, lo, hi, w, c, want_sy, g[r], bm[r])
+                return _segment_stats(x, q, r, lo, hi, w, c, want_sy, True, bm)
+            return _segment_stats(x, q, r, lo, hi, w, c, want_sy, g[r], bm)
         return in_destination
 
     def in_scratch(x, q, r, lo, hi, w, c, want_sy, g, inplace, kept, bm):
-        return _segment_stats(x, q, r, lo, hi, w, c, want_sy, kept, bm[r])
+        return _segment_stats(x, q, r, lo, hi, w, c, want_sy, kept, bm)
     return in_scratch
 
 
@@ -407,7 +408,8 @@ def _rows(x, t, q, w, c, want_sy, coef, w_sum, g, inplace, st, keep, scratch, bm
             continue
         yt, wt = _target_terms(x, t, r, w, c)  # read before the terms may overwrite the row
         kept = _kept_row(keep, scratch, get_thread_id())
-        m, s, sqy, sq, sy = _stats(x, q, r, 0, v, w, c, want_sy, g, inplace, kept, bm)
+        bmr = _bm_row(bm, r)
+        m, s, sqy, sq, sy = _stats(x, q, r, 0, v, w, c, want_sy, g, inplace, kept, bmr)
         st[r, 0] = m
         st[r, 1] = s
         st[r, 2] = sqy
@@ -415,8 +417,7 @@ def _rows(x, t, q, w, c, want_sy, coef, w_sum, g, inplace, st, keep, scratch, bm
         st[r, 4] = sy
         _finish_row(st, r, yt, wt)
         if g is not None:
-            _row_grad(x, t, q, g, inplace, r, 0, v, w, c, st, coef, w_sum, yt, wt, kept,
-                      _bm_row(bm, r))
+            _row_grad(x, t, q, g, inplace, r, 0, v, w, c, st, coef, w_sum, yt, wt, kept, bmr)
 
 
 def _bm_row(bm, r):
@@ -451,7 +452,8 @@ def _chunks(x, t, q, w, c, want_sy, coef, w_sum, g, inplace, st, keep, scratch, 
             part[k, 1:] = 0.0
             continue
         kept = _kept_row(keep, scratch, r)
-        m, s, sqy, sq, sy = _stats(x, q, r, lo, hi, w, c, want_sy, g, inplace, kept, bm)
+        m, s, sqy, sq, sy = _stats(x, q, r, lo, hi, w, c, want_sy, g, inplace, kept,
+                                   _bm_row(bm, r))
         part[k, 0] = m
         part[k, 1] = s
         part[k, 2] = sqy
