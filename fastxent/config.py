@@ -19,3 +19,23 @@ TASKS_PER_THREAD = 4
 #: Smallest chunk worth its own task, in elements (32 KiB of float32: a thread's start-up cost is
 #: a few microseconds, about the time to stream that much).
 MIN_CHUNK = 8 * BLOCK
+
+# --- CUDA backend (chosen from the H100 measurements in DESIGN.md; not tuned on a GPU yet) -------
+
+#: Rows of at most this many bytes are each handled by one warp (several rows per block); longer
+#: rows by a whole block.
+CUDA_WARP_ROW_BYTES = 4096
+
+#: Threads per block when a warp owns a row.
+CUDA_WARP_BLOCK_THREADS = 256
+
+#: Threads per block, and per row, when a block owns a row: 512 threads with four 8-byte loads in
+#: flight each keep 16 KiB per block in flight.
+CUDA_BLOCK_THREADS = 512
+
+#: The fused kernel keeps at most this share of L2 in rows in flight, so that each row is still in
+#: L2 when its gradient is written (H100: 50 MB of L2).
+CUDA_L2_SHARE = 0.6
+
+#: Resident blocks per multiprocessor aimed for by the grid (blocks loop over rows).
+CUDA_BLOCKS_PER_SM = 4

@@ -202,7 +202,14 @@ def _block_max_impl(xs):
 
 
 def load(v):
-    """Element of a storage view → compute type (float32, or float64 for float64 arrays)."""
+    """Element of a storage view → compute type (float32, or float64 for float64 arrays).
+
+    The Python body is the same decoding on NumPy scalars, for kernels run by Numba's CUDA
+    simulator."""
+    if isinstance(v, np.uint16):
+        return (np.uint32(v) << np.uint32(16)).view(np.float32)
+    if isinstance(v, np.int16):
+        return np.float32(v.view(np.float16))
     return v
 
 
@@ -218,8 +225,17 @@ def _load_impl(v):
 
 
 def store(g, dst):
-    """Compute-type value → the element type of the storage view ``dst``."""
-    return g
+    """Compute-type value → the element type of the storage view ``dst`` (Python body: the same
+    on NumPy scalars, for the CUDA simulator)."""
+    if dst.dtype == np.uint16:
+        g = np.float32(g)
+        bits = np.uint64(g.view(np.uint32))
+        rounded = np.uint16((bits + np.uint64(0x7FFF) + ((bits >> np.uint64(16)) & np.uint64(1)))
+                            >> np.uint64(16))
+        return _BF16_NAN if g != g else rounded
+    if dst.dtype == np.int16:
+        return np.float16(g).view(np.int16)
+    return dst.dtype.type(g)
 
 
 _BF16_NAN = np.uint16(0x7FC0)
@@ -297,7 +313,7 @@ def _weight_at_impl(w, j):
 
 def as_compute(v, a):
     """``v`` converted to the compute type of storage array ``a``."""
-    return v
+    return np.float64(v) if a.dtype == np.float64 else np.float32(v)
 
 
 @overload(as_compute, inline="always")

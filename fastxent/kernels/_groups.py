@@ -1,0 +1,111 @@
+"""The one reduction of the package, across the threads of a CUDA group (a warp or a whole block).
+
+A thread's partial statistics of a row are ``(m, s, a, b, c)``: a running maximum ``m``, the sum
+``s`` of ``exp(y - m)``, and three plain sums. Two partials merge as
+
+    M = max(m1, m2),  s = s1·exp(m1 - M) + s2·exp(m2 - M),  a = a1 + a2, …
+
+with ``exp(m - M)`` taken as 1 when ``m == M`` (so that two ``+inf`` maxima give 1, not NaN).
+
+:func:`group_merge` merges the partials of ``size`` consecutive threads (32, or the whole block)
+and hands every one of them the result. On a GPU it uses warp shuffles, then one slot of shared
+memory per warp; Numba's CUDA simulator has no shuffles, so there the same function merges through
+shared memory one entry at a time. Everything else in the kernels is the same code on both. Both
+merge in a fixed order, so results are deterministic. Every thread of the block must call it (it
+synchronises the block when ``size`` is larger than a warp, and always in the simulator).
+"""
+
+import math
+
+from numba import config, cuda, float64
+
+WARP = 32
+_FULL = 0xFFFFFFFF
+_MAX_THREADS = 1024
+
+
+@cuda.jit(device=True)
+def scale(m, big):
+    """exp(m - big) for m <= big, exactly 1 when they are equal (infinities included)."""
+    return 1.0 if m == big else math.exp(m - big)
+
+
+@cuda.jit(device=True)
+def merge(m1, s1, a1, b1, c1, m2, s2, a2, b2, c2):
+    big = max(m1, m2)
+    return big, s1 * scale(m1, big) + s2 * scale(m2, big), a1 + a2, b1 + b2, c1 + c2
+
+
+@cuda.jit(device=True)
+def _shuffled_merge(m, s, a, b, c, size):
+    lane = cuda.threadIdx.x % WARP
+    off = WARP // 2
+    while off > 0:
+        m2 = cuda.shfl_down_sync(_FULL, m, off)
+        s2 = cuda.shfl_down_sync(_FULL, s, off)
+        a2 = cuda.shfl_down_sync(_FULL, a, off)
+        b2 = cuda.shfl_down_sync(_FULL, b, off)
+        c2 = cuda.shfl_down_sync(_FULL, c, off)
+        if lane + off < WARP:
+            m, s, a, b, c = merge(m, s, a, b, c, m2, s2, a2, b2, c2)
+        off //= 2
+    if size <= WARP:  # lane 0 holds the warp's result: hand it to every lane
+        return (cuda.shfl_sync(_FULL, m, 0), cuda.shfl_sync(_FULL, s, 0),
+                cuda.shfl_sync(_FULL, a, 0), cuda.shfl_sync(_FULL, b, 0),
+                cuda.shfl_sync(_FULL, c, 0))
+    sm = cuda.shared.array(WARP, float64)
+    ss = cuda.shared.array(WARP, float64)
+    sa = cuda.shared.array(WARP, float64)
+    sb = cuda.shared.array(WARP, float64)
+    sc = cuda.shared.array(WARP, float64)
+    warp = cuda.threadIdx.x // WARP
+    if lane == 0:
+        sm[warp] = m
+        ss[warp] = s
+        sa[warp] = a
+        sb[warp] = b
+        sc[warp] = c
+    cuda.syncthreads()
+    m = sm[0]
+    s = ss[0]
+    a = sa[0]
+    b = sb[0]
+    c = sc[0]
+    for k in range(1, cuda.blockDim.x // WARP):
+        m, s, a, b, c = merge(m, s, a, b, c, sm[k], ss[k], sa[k],
+                              sb[k], sc[k])
+    cuda.syncthreads()  # the slots are free again for the next call
+    return m, s, a, b, c
+
+
+@cuda.jit(device=True)
+def _shared_merge(m, s, a, b, c, size):
+    sm = cuda.shared.array(_MAX_THREADS, float64)
+    ss = cuda.shared.array(_MAX_THREADS, float64)
+    sa = cuda.shared.array(_MAX_THREADS, float64)
+    sb = cuda.shared.array(_MAX_THREADS, float64)
+    sc = cuda.shared.array(_MAX_THREADS, float64)
+    t = cuda.threadIdx.x
+    sm[t] = m
+    ss[t] = s
+    sa[t] = a
+    sb[t] = b
+    sc[t] = c
+    cuda.syncthreads()
+    first = t - t % size
+    m = sm[first]
+    s = ss[first]
+    a = sa[first]
+    b = sb[first]
+    c = sc[first]
+    for k in range(first + 1, first + size):
+        m, s, a, b, c = merge(m, s, a, b, c, sm[k], ss[k], sa[k],
+                              sb[k], sc[k])
+    cuda.syncthreads()
+    return m, s, a, b, c
+
+
+#: ``group_merge(m, s, a, b, c, size)``: the merged partials of the ``size`` threads of this
+#: thread's group, in every one of them (in float64 where they went through shared memory: callers
+#: convert them back to their compute type).
+group_merge = _shared_merge if config.ENABLE_CUDASIM else _shuffled_merge
