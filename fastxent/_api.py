@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import _checks, _dispatch
+from . import _checks, _device, _dispatch
 from ._dtypes import compute_dtype, storage_view
 
 
@@ -141,15 +141,18 @@ def cross_entropy(logits, targets, *, reduction="mean", ignore_index=-100, weigh
         Liger-Kernel.
     softcap : float > 0, optional
         Applies ``softcap * tanh(logits / softcap)`` before everything else (Gemma 2).
-    backend : {"auto", "cpu", "numpy"}
-        ``"cpu"``: Numba kernels; ``"numpy"``: the float64 reference; ``"auto"``: the fastest
-        usable backend for where the data lives.
+    backend : {"auto", "cpu", "cuda", "numpy"}
+        ``"cpu"``: Numba kernels; ``"cuda"``: Numba CUDA kernels on an NVIDIA GPU (host arrays are
+        copied there and back); ``"numpy"``: the float64 reference; ``"auto"``: ``"cuda"`` for
+        arrays that live on a GPU (anything exporting ``__cuda_array_interface__``: PyTorch
+        CUDA tensors, CuPy and Numba device arrays), else ``"cpu"``.
 
     Returns
     -------
     loss : float or ndarray
         A Python float for ``"mean"``/``"sum"`` (NaN for a mean over no valid row, 0.0 for a sum
-        over no row); for ``"none"`` an array in float32 (float64 for float64 logits).
+        over no row); for ``"none"`` an array in float32 (float64 for float64 logits). For logits
+        on a GPU the loss stays there: a 0-d array (or one per row) of the logits' kind.
 
     Raises
     ------
@@ -174,6 +177,11 @@ def cross_entropy(logits, targets, *, reduction="mean", ignore_index=-100, weigh
     >>> fx.cross_entropy(np.zeros((2, 4), np.float32), np.array([1, 3]), reduction="none")
     array([1.3862944, 1.3862944], dtype=float32)
     """
+    if _device.wanted(logits, _dispatch.checked(backend)):
+        return _device.cross_entropy(logits, targets, reduction=reduction,
+                                     ignore_index=ignore_index, weight=weight,
+                                     label_smoothing=label_smoothing, z_loss=z_loss,
+                                     softcap=softcap)
     p = _prepare(logits, targets, reduction, ignore_index, weight, label_smoothing, z_loss,
                  softcap, backend)
     return _loss(p, _stats(p))
@@ -227,6 +235,12 @@ def cross_entropy_with_grad(logits, targets, *, reduction="mean", ignore_index=-
     """
     if inplace and out is not None:
         raise ValueError("pass either out= or inplace=True, not both")
+    if _device.wanted(logits, _dispatch.checked(backend)):
+        return _device.cross_entropy(logits, targets, reduction=reduction,
+                                     ignore_index=ignore_index, weight=weight,
+                                     label_smoothing=label_smoothing, z_loss=z_loss,
+                                     softcap=softcap, grad=True, grad_output=grad_output, out=out,
+                                     inplace=inplace)
     p = _prepare(logits, targets, reduction, ignore_index, weight, label_smoothing, z_loss,
                  softcap, backend)
     coef = _coefficients(p, grad_output)
@@ -256,7 +270,7 @@ def logsumexp(logits, backend="auto"):
     ----------
     logits : ndarray, shape (..., V)
         float32, float64, float16 or bfloat16.
-    backend : {"auto", "cpu", "numpy"}
+    backend : {"auto", "cpu", "cuda", "numpy"}
         As in :func:`cross_entropy`.
 
     Returns
@@ -273,6 +287,8 @@ def logsumexp(logits, backend="auto"):
     >>> fx.logsumexp(np.array([-np.inf, -np.inf]))
     array(-inf)
     """
+    if _device.wanted(logits, _dispatch.checked(backend)):
+        return _device.logsumexp(logits)
     a = _checks.logits_array(logits)
     be = _dispatch.choose(backend, a)
     n_classes = a.shape[-1]

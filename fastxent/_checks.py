@@ -6,7 +6,7 @@ import numbers
 
 import numpy as np
 
-from . import _dtypes
+from . import _arrays, _dtypes
 
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -16,9 +16,9 @@ def logits_array(logits, *, name="logits"):
     if isinstance(logits, np.ndarray):
         a = logits
     else:
-        if hasattr(logits, "__cuda_array_interface__"):
-            raise TypeError(f"{name} lives on a GPU; the CPU backends take NumPy arrays "
-                            "(the CUDA backend is not part of this release)")
+        if _arrays.is_device(logits):
+            raise TypeError(f"{name} lives on a GPU, but the 'cpu' and 'numpy' backends take host "
+                            "arrays: pass backend='cuda' (or 'auto'), or copy it to the host")
         try:
             a = np.asarray(logits)
         except Exception as exc:  # e.g. a torch tensor that requires grad

@@ -8,10 +8,13 @@ needs it.
 import importlib
 import warnings
 
+from . import _arrays
+
 # name -> (module, what to install when it cannot be imported)
 _REGISTRY = {
     "cpu": ("fastxent.kernels.cpu", "pip install numba"),
     "numpy": ("fastxent.kernels.reference", "pip install numpy"),
+    "cuda": ("fastxent.kernels.cuda", 'pip install "fastxent[cuda]"'),
 }
 _loaded = {}
 
@@ -37,10 +40,18 @@ def load(name):
     return _loaded[name]
 
 
-def choose(name, array):
-    """The backend module for ``name`` ("auto" picks from where ``array`` lives)."""
+def checked(name):
+    """``name`` if it names a backend, else a ValueError listing them."""
     if not isinstance(name, str) or name not in names():
         raise ValueError(f"backend={name!r} is not one of {', '.join(map(repr, names()))}")
+    return name
+
+
+def choose(name, array):
+    """The backend module for ``name`` ("auto" picks from where ``array`` lives)."""
+    checked(name)
+    if name == "auto" and _arrays.is_device(array):
+        return load("cuda")
     if name != "auto":
         return load(name)
     try:

@@ -34,6 +34,11 @@ def is_float(dtype):
     return name(dtype) in SUPPORTED
 
 
+def storage_dtype(dtype):
+    """The dtype the kernels read for ``dtype``: float32/float64 as they are, halves as integers."""
+    return _STORAGE.get(name(dtype), dtype)
+
+
 def storage_view(a):
     """View ``a`` as the type the kernels read: float32/float64 as they are, halves as integers."""
     store = _STORAGE.get(name(a.dtype))

@@ -39,3 +39,7 @@ CUDA_L2_SHARE = 0.6
 
 #: Resident blocks per multiprocessor aimed for by the grid (blocks loop over rows).
 CUDA_BLOCKS_PER_SM = 4
+
+#: Threads of the one-block kernels that count the targets and reduce the losses (a power of two,
+#: at most 1024).
+CUDA_REDUCE_THREADS = 256

@@ -1,0 +1,218 @@
+"""The public functions on GPU arrays: checks, buffers and launches, with results left on the GPU.
+
+``fastxent._api`` hands a call here when the logits live on a GPU (``backend="auto"``) or when
+``backend="cuda"`` is asked for. Options are checked as on the CPU (``_checks``); what only the data
+can tell (an out-of-range class index) is found by the kernels and read back once, after every
+kernel of the call has been queued on the caller's stream. The losses are reduced on the GPU, so a
+mean or a sum comes back as a 0-d array of the caller's kind (a Python float for host arrays).
+"""
+
+import numbers
+
+import numpy as np
+
+from . import _arrays, _checks, _dispatch, _dtypes
+
+
+def wanted(logits, backend):
+    """Whether this call goes to the CUDA backend."""
+    return backend == "cuda" or (backend == "auto" and _arrays.is_device(logits))
+
+
+def _backend():
+    return _dispatch.load("cuda")
+
+
+def _logits(ad, logits, name="logits"):
+    dname = ad.dtype_name(logits)
+    if dname not in _dtypes.SUPPORTED:
+        raise TypeError(f"{name} has dtype {dname}, expected one of {', '.join(_dtypes.SUPPORTED)}")
+    shape = ad.shape(logits)
+    if not shape:
+        raise ValueError(f"{name} must have at least one dimension (the classes, last), got a "
+                         "scalar")
+    if shape[-1] == 0:
+        raise ValueError(f"{name} has shape {shape}: the last axis holds the classes and must not "
+                         "be empty")
+    return dname, shape
+
+
+def _foreign(ad, a):
+    """A Numba device array for ``a``: the storage view of a device array (of any library), or a
+    host array copied to the device."""
+    if _arrays.is_device(a):
+        return _arrays.adapter(a).view(a)
+    h = _dtypes.storage_view(np.ascontiguousarray(a))
+    return ad.cuda.to_device(h, stream=ad.stream())
+
+
+def _targets(ad, targets, shape, ignore):
+    """(kind, Numba device array): class indices (any integer dtype, shape ``shape[:-1]``) or
+    probabilities (a float dtype, shape ``shape``)."""
+    lead = shape[:-1]
+    if _arrays.is_device(targets):
+        other = _arrays.adapter(targets)
+        dname, tshape = other.dtype_name(targets), other.shape(targets)
+    else:
+        t = np.asarray(targets)
+        dname, tshape = _dtypes.name(t.dtype), t.shape
+    if dname in ("int64", "int32", "int16", "int8", "uint8", "uint16", "uint32"):
+        if tshape != lead:
+            raise ValueError(f"targets has shape {tshape}, expected {lead} to match "
+                             f"logits.shape[:-1] (class indices) or {shape} (probabilities)")
+        return "index", _foreign(ad, targets).reshape(-1)
+    if dname in _dtypes.SUPPORTED:
+        if tshape != shape:
+            raise ValueError(f"targets has shape {tshape} and a floating dtype, so it is read as "
+                             f"probabilities, which need the logits' shape {shape}; class indices "
+                             f"need an integer dtype and shape {lead}")
+        return "prob", _foreign(ad, targets).reshape(int(np.prod(lead)), shape[-1])
+    raise TypeError(f"targets has dtype {dname}, expected integer class indices or floating "
+                    f"probabilities ({', '.join(_dtypes.SUPPORTED)})")
+
+
+def _weight(ad, weight, n_classes, compute):
+    if weight is None:
+        return None
+    if _arrays.is_device(weight):
+        other = _arrays.adapter(weight)
+        dname, wshape = other.dtype_name(weight), other.shape(weight)
+        if dname not in ("float32", "float64"):
+            raise TypeError(f"weight on the GPU has dtype {dname}, expected float32 or float64")
+        if wshape != (n_classes,):
+            raise ValueError(f"weight has shape {wshape}, expected ({n_classes},) to match "
+                             "logits.shape[-1]")
+        return other.view(weight)
+    w = _checks.weight(weight, n_classes)
+    return ad.cuda.to_device(w.astype(compute), stream=ad.stream())
+
+
+def _grad_output(ad, value, reduction, lead):
+    """(scalar, device float64 array or None): the upstream gradient."""
+    if isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)):
+        return float(value), None
+    if _arrays.is_device(value):
+        other = _arrays.adapter(value)
+        gshape = other.shape(value)
+        size = int(np.prod(gshape))
+        if reduction != "none" and size != 1:
+            raise ValueError(f"grad_output has shape {gshape}; with reduction={reduction!r} the "
+                             "loss is a scalar, so grad_output must be one")
+        if reduction == "none" and gshape != tuple(lead) and size != 1:
+            raise ValueError(f"grad_output on the GPU has shape {gshape}: it must have the loss "
+                             f"shape {tuple(lead)} or hold one value")
+        return 0.0, other.float64(value).reshape(-1)
+    g = _checks.grad_output(value, reduction, lead)
+    if reduction != "none":
+        return float(g), None
+    return 0.0, ad.cuda.to_device(np.ascontiguousarray(g, dtype=np.float64).reshape(-1),
+                                  stream=ad.stream())
+
+
+def _raise_bad_target(bad, targets, lead, n_classes, ignore, stream):
+    row = int(bad.copy_to_host(stream=stream)[0])
+    if row < 0:
+        return
+    value = int(targets[row:row + 1].copy_to_host(stream=stream)[0])
+    pos = np.unravel_index(row, lead) if lead else ()
+    where = f"targets[{', '.join(map(str, pos))}]" if pos else "targets"
+    raise IndexError(f"{where} = {value} is out of range: class indices must be in "
+                     f"[0, {n_classes}) or equal ignore_index={ignore}")
+
+
+def _overlaps(ad, a, b):
+    a0, a1 = ad.address_range(a)
+    b0, b1 = ad.address_range(b)
+    return a0 < b1 and b0 < a1
+
+
+def cross_entropy(logits, targets, *, reduction, ignore_index, weight, label_smoothing, z_loss,
+                  softcap, grad=False, grad_output=1.0, out=None, inplace=False):
+    """``_api.cross_entropy`` (``grad=False``) or ``_api.cross_entropy_with_grad`` on the GPU."""
+    red = _checks.reduction(reduction)
+    ignore = _checks.ignore_index(ignore_index)
+    eps = _checks.real(label_smoothing, "label_smoothing", low=0.0, high=1.0)
+    z = _checks.real(z_loss, "z_loss", low=0.0)
+    cap = _checks.softcap(softcap)
+    if inplace and out is not None:
+        raise ValueError("pass either out= or inplace=True, not both")
+    be = _backend()
+    ad = _arrays.adapter(logits)
+    dname, shape = _logits(ad, logits)
+    lead, v = shape[:-1], shape[-1]
+    n = int(np.prod(lead))
+    compute = "float64" if dname == "float64" else "float32"
+    kind, t = _targets(ad, targets, shape, ignore)
+    w = _weight(ad, weight, v, compute)
+    go, go_rows, dst, grad_view = 1.0, None, None, None
+    if grad:
+        go, go_rows = _grad_output(ad, grad_output, red, lead)
+        if inplace:
+            _check_inplace(ad, logits)
+        elif out is not None:
+            _check_out(ad, out, logits, dname, shape)
+    x = ad.view(logits).reshape(n, v)
+    if grad:
+        if inplace and ad.kind != "host":
+            dst, grad_view = logits, x
+        elif inplace or ad.kind == "host":  # host arrays: the gradient goes over the device copy
+            grad_view = x
+        else:
+            dst = out if out is not None else ad.empty(shape, dname)
+            grad_view = ad.view(dst).reshape(n, v)
+    res = ad.empty((n,) if red == "none" else (1,), compute)
+    stream = ad.stream()
+    bad = be.run(x, be.INDEX if kind == "index" else be.PROBS, t if kind == "index" else None,
+                 ignore, t if kind == "prob" else None, w, eps, z, cap, eps > 0, red, go, go_rows,
+                 grad_view, ad.view(res), stream, ad.scratch)
+    if kind == "index":
+        _raise_bad_target(bad, t, lead, v, ignore, stream)
+    loss = ad.reshape(res, lead) if red == "none" else ad.scalar(res)
+    if not grad:
+        return loss
+    if ad.kind == "host":  # copy the gradient back, into the caller's array where there is one
+        host = grad_view.copy_to_host(stream=stream).reshape(shape)
+        target = logits if inplace else out
+        if target is None:
+            return loss, host.view(np.asarray(logits).dtype)
+        np.copyto(_dtypes.storage_view(target), host)
+        return loss, target
+    return loss, dst
+
+
+def _check_inplace(ad, logits):
+    if ad.kind == "host":
+        _checks.inplace_target(logits)
+    elif not ad.is_contiguous(logits):
+        raise ValueError("inplace=True needs C-contiguous logits on the GPU (the gradient is "
+                         "written over them)")
+
+
+def _check_out(ad, out, logits, dname, shape):
+    if ad.kind == "host":
+        _checks.out_array(out, np.asarray(logits))
+        return
+    if _arrays.adapter(out).kind != ad.kind:
+        raise TypeError(f"out must be an array of the same kind as logits ({ad.kind}), got "
+                        f"{type(out).__name__}")
+    if ad.dtype_name(out) != dname or ad.shape(out) != shape:
+        raise ValueError(f"out has shape {ad.shape(out)} and dtype {ad.dtype_name(out)}, expected "
+                         f"shape {shape} and dtype {dname} (those of logits)")
+    if not ad.is_contiguous(out):
+        raise ValueError("out must be C-contiguous")
+    if _overlaps(ad, out, logits):
+        raise ValueError("out overlaps logits; to write the gradient over the logits pass "
+                         "inplace=True instead")
+
+
+def logsumexp(logits):
+    """``_api.logsumexp`` on the GPU."""
+    be = _backend()
+    ad = _arrays.adapter(logits)
+    dname, shape = _logits(ad, logits)
+    lead, v = shape[:-1], shape[-1]
+    n = int(np.prod(lead))
+    x = ad.view(logits).reshape(n, v)
+    res = ad.empty((n,), "float64" if dname == "float64" else "float32")
+    be.logsumexp(x, None, ad.view(res), ad.stream(), ad.scratch)
+    return ad.reshape(res, lead)

@@ -1,0 +1,129 @@
+"""How the CUDA kernels are launched for one call: word views, grid sizes and argument lists.
+
+Host code only, and no GPU needed: the backend (``cuda.py``) runs the launches it returns, and the
+PTX tests compile every kernel for exactly the argument types these launches pass.
+"""
+
+import numpy as np
+
+from .. import config
+from ._cuda_kernels import INDEX, MEAN, NO_TARGETS, NONE, PROBS, SUM
+from ._groups import WARP
+
+REDUCTIONS = {"none": NONE, "sum": SUM, "mean": MEAN}
+__all__ = ["INDEX", "PROBS", "REDUCTIONS", "call", "lse_call", "grid", "words"]
+
+
+def _address(a):
+    cai = getattr(a, "__cuda_array_interface__", None)
+    return cai["data"][0] if cai is not None else a.ctypes.data  # NumPy, and simulator arrays
+
+
+def _no_words(dtype, dummy):
+    """An empty word array: every element of a row is then read one by one."""
+    return dummy(np.float64 if dtype == np.float64 else np.uint64)[:0]
+
+
+def words(flat, dummy):
+    """``(words, k0)``: the 8-byte words of a 1-D contiguous storage view, the first starting at
+    element ``k0`` (the first 8-byte boundary); float64 arrays are their own words."""
+    if flat.dtype == np.float64:
+        return flat, 0
+    size = flat.dtype.itemsize
+    ne = 8 // size
+    k0 = (-_address(flat) % 8) // size
+    if flat.size <= k0:
+        return _no_words(flat.dtype, dummy), 0
+    count = (flat.size - k0) // ne
+    return flat[k0:k0 + count * ne].view(np.uint64), k0
+
+
+def grid(n, v, itemsize, fused, facts):
+    """(blocks, threads per block, threads per row) of the row kernel.
+
+    A warp per row for rows up to ``config.CUDA_WARP_ROW_BYTES``, else a block per row. Blocks loop
+    over rows; for the fused kernel there are only as many as keep the rows in flight within
+    ``config.CUDA_L2_SHARE`` of L2, so that the gradient pass finds its row there.
+    """
+    sms, l2 = facts
+    row_bytes = v * itemsize
+    if row_bytes <= config.CUDA_WARP_ROW_BYTES:
+        threads, group = config.CUDA_WARP_BLOCK_THREADS, WARP
+    else:
+        threads = group = config.CUDA_BLOCK_THREADS
+    per_block = threads // group
+    blocks = max(1, -(-n // per_block))
+    if fused:
+        rows_in_flight = max(sms, int(config.CUDA_L2_SHARE * l2) // max(row_bytes, 1))
+        blocks = min(blocks, max(1, rows_in_flight // per_block))
+    return min(blocks, sms * config.CUDA_BLOCKS_PER_SM), threads, group
+
+
+def call(x, kind, targets, ignore, probs, weight, eps, z, softcap, want_sy, reduction, go, go_rows,
+         grad, out, scratch, dummy, facts):
+    """The launches of one cross-entropy call, and the flag array ``bad``.
+
+    ``x`` is the (N, V) C-contiguous storage view on the device; ``targets`` (N,) integers and
+    ``probs`` an (N, V) storage view, one of them None; ``weight`` a (V,) float array or None;
+    ``go`` the scalar ``grad_output``, or ``go_rows`` its values on the device (one per row for
+    reduction "none", or one for all); ``grad`` the (N, V) storage view to write the gradient to
+    (``x`` itself in place) or None; ``out`` receives the loss in the compute type, shape (1,),
+    or (N,) for "none"; ``scratch(shape, dtype)`` allocates device arrays, ``dummy(dtype)`` gives
+    a one-element stand-in for an absent argument; ``facts`` = (multiprocessors, L2 bytes).
+    Returns ``(launches, bad)``: launches are ``(kernel name, blocks, threads, args)``; after them
+    ``bad[0]`` is -1, or the first row whose class index is out of range.
+    """
+    n, v = x.shape
+    compute = np.float64 if x.dtype == np.float64 else np.float32
+    xe = x.reshape(n * v)
+    xw, k0 = words(xe, dummy)
+    red = REDUCTIONS[reduction]
+    tg = targets if targets is not None else dummy(np.int64)
+    pe = probs.reshape(n * v) if probs is not None else dummy(x.dtype)
+    w = weight if weight is not None else dummy(compute)
+    if grad is not None:
+        ge = grad.reshape(n * v)
+        gw, gk0 = (xw, k0) if grad is x else words(ge, dummy)
+        if gk0 != k0:  # the two arrays sit differently against 8-byte words: element by element
+            xw = gw = _no_words(x.dtype, dummy)
+    else:
+        ge, gw = xe, xw
+    totals = scratch((3,), np.float64)
+    bad = scratch((1,), np.int64)
+    stats = scratch((n, 4), np.float64)
+    go_arr = go_rows if go_rows is not None else dummy(np.float64)
+    weighted = weight is not None
+    launches = [("targets_kernel", 1, config.CUDA_REDUCE_THREADS,
+                 (tg, ignore, v, n, kind, w, weighted, totals, bad))]
+    if n:
+        blocks, threads, group = grid(n, v, x.dtype.itemsize, grad is not None, facts)
+        launches.append(("rows_kernel", blocks, threads, (
+            xe, xw, k0, n, v, group, kind, tg, ignore, pe, w, weighted,
+            0.0 if softcap is None else float(softcap), bool(want_sy), float(eps), float(z), red,
+            float(go), go_arr, go_rows is not None, totals, bad, stats, out, red == NONE, ge, gw,
+            grad is not None)))
+    if red != NONE:
+        launches.append(("reduce_kernel", 1, config.CUDA_REDUCE_THREADS,
+                         (stats, n, v, float(eps), float(z), red, totals, out)))
+    return launches, bad
+
+
+def lse_call(x, softcap, out, scratch, dummy, facts):
+    """The launches that write the log-sum-exp of each row of ``x`` into ``out`` (N,)."""
+    n, v = x.shape
+    if not n:
+        return []
+    xe = x.reshape(n * v)
+    xw, k0 = words(xe, dummy)
+    compute = np.float64 if x.dtype == np.float64 else np.float32
+    stats = scratch((n, 4), np.float64)
+    totals = scratch((3,), np.float64)
+    blocks, threads, group = grid(n, v, x.dtype.itemsize, False, facts)
+    return [
+        ("rows_kernel", blocks, threads, (
+            xe, xw, k0, n, v, group, NO_TARGETS, dummy(np.int64), -1, dummy(x.dtype),
+            dummy(compute), False, 0.0 if softcap is None else float(softcap), False, 0.0, 0.0,
+            NONE, 1.0, dummy(np.float64), False, totals, dummy(np.int64), stats, dummy(compute),
+            False, xe, xw, False)),
+        ("lse_kernel", -(-n // 256), 256, (stats, out)),
+    ]
