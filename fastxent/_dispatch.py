@@ -33,7 +33,10 @@ def load(name):
     if name not in _loaded:
         module, hint = _REGISTRY[name]
         try:
-            _loaded[name] = importlib.import_module(module)
+            backend = importlib.import_module(module)
+            if hasattr(backend, "ensure_usable"):  # importable, but needs hardware to run
+                backend.ensure_usable()
+            _loaded[name] = backend
         except ImportError as exc:
             raise RuntimeError(f"backend={name!r} is not usable here ({exc}); "
                                f"install it with `{hint}`") from exc

@@ -43,3 +43,7 @@ CUDA_BLOCKS_PER_SM = 4
 #: Threads of the one-block kernels that count the targets and reduce the losses (a power of two,
 #: at most 1024).
 CUDA_REDUCE_THREADS = 256
+
+#: At most this many blocks for the row kernel (None: ``CUDA_BLOCKS_PER_SM`` per multiprocessor).
+#: The tests set it low so that every block loops over several rows.
+CUDA_MAX_BLOCKS = None

@@ -6,6 +6,11 @@ soft-cap conventions), with a full ``log_softmax`` array, and shares no code wit
 ``fastxent.kernels.reference``, so that the reference backend is tested too.
 """
 
+import os
+import subprocess
+import sys
+import tempfile
+
 import ml_dtypes
 import numpy as np
 import pytest
@@ -208,3 +213,33 @@ def assert_fused_matches_oracle(logits, targets, dtype, backend="cpu", **options
 def bits(a):
     """The raw bytes of an array (or a float) for bit-identity checks."""
     return np.ascontiguousarray(np.asarray(a)).tobytes()
+
+
+# --- the CUDA simulator run ----------------------------------------------------------------------
+
+SIMULATED_SUITE = "tests/test_cuda_backend.py"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Start the simulated CUDA suite (``tests/test_cuda_simulated.py``) in a separate process as
+    soon as it is selected, so that it runs while the rest of the session does."""
+    if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
+        return  # this is that process
+    waiting = [item for item in items if item.nodeid.startswith("tests/test_cuda_simulated.py")]
+    if waiting:
+        config.stash[SIMULATOR_RUN] = start_simulated_suite(config.rootpath)
+        for item in waiting:  # waited for last
+            items.remove(item)
+            items.append(item)
+
+
+def start_simulated_suite(root):
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1", PYTHONWARNINGS="ignore::RuntimeWarning")
+    out = tempfile.TemporaryFile(mode="w+")
+    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                             "-W", "ignore::RuntimeWarning", SIMULATED_SUITE],
+                            cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT)
+    return proc, out
+
+
+SIMULATOR_RUN = pytest.StashKey()

@@ -6,7 +6,7 @@ import os
 import shlex
 import sys
 
-from . import grid, report
+from . import gpu, grid, report
 from .ceilings import DEFAULT_BANDWIDTH_MIB
 from .inputs import DTYPES
 from .peers import PEERS, WORKLOADS
@@ -60,10 +60,16 @@ def add_arguments(parser):
     parser.add_argument("--workloads", choices=WORKLOADS, nargs="+", metavar="WORKLOAD",
                         help=f"among {', '.join(WORKLOADS)} (default "
                              f"{_words(grid.QUICK_WORKLOADS)})")
-    parser.add_argument("--peers", nargs="*", choices=PEERS, metavar="PEER",
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="cpu (default): NumPy arrays on this machine's CPU; cuda: PyTorch "
+                             "CUDA tensors against PyTorch eager, torch.compile, Liger-Kernel and "
+                             "JAX, at the CUDA backend's target cases (the options that follow "
+                             "narrow them; --full, --memory and the CPU ceilings do not apply)")
+    parser.add_argument("--peers", nargs="*", choices=PEERS + ("liger",), metavar="PEER",
                         help=f"peers to compare with, among {', '.join(PEERS)} (default: those "
                              f"installed among {_words(grid.QUICK_PEERS)}, or all with --full; "
-                             "none: fastxent only)")
+                             "none: fastxent only); with --device cuda among "
+                             f"{', '.join(gpu.PEERS)}")
     parser.add_argument("--repeat", type=_positive_int, default=DEFAULT_REPEAT,
                         help="timed calls per case, median reported; fewer for calls that reach "
                              f"the time budget (default {DEFAULT_REPEAT})")
@@ -90,6 +96,10 @@ def add_arguments(parser):
 
 def run_from_args(args, parser):
     """Run the benchmark for parsed options, print the tables; the exit status."""
+    if getattr(args, "device", "cpu") == "cuda":
+        return gpu.run_from_args(args, parser)
+    if args.peers and "liger" in args.peers:
+        parser.error("--peers liger needs --device cuda (Liger-Kernel runs on GPUs only)")
     size = _FULL if args.full else _QUICK
     dtypes = args.dtype or size["dtypes"]
     if "bfloat16" in dtypes and importlib.util.find_spec("ml_dtypes") is None:

@@ -11,7 +11,7 @@ SIMD_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_bf16")
 
 #: Optional packages whose versions matter to a benchmark, looked up where installed.
 OPTIONAL_PACKAGES = ("torch", "jax", "jaxlib", "scipy", "ml_dtypes", "tbb", "matplotlib",
-                     "pytest-benchmark")
+                     "pytest-benchmark", "numba-cuda", "cupy", "triton", "liger-kernel")
 
 
 def versions():

@@ -11,6 +11,7 @@ from ._compat import numpy_compat
 
 numpy_compat()  # before numba.cuda compiles anything
 
+import numba_cuda  # noqa: E402, F401  (the maintained CUDA target, not numba's deprecated one)
 from numba import config as _numba_config  # noqa: E402  (after the compatibility shim)
 from numba import cuda  # noqa: E402
 
@@ -61,11 +62,11 @@ def _visit(y, col, base, m, s, a, b, c, capc, one, pe, kind, w, weighted, want_s
     if kind == PROBS or want_sy:
         wj = as_compute(w[col], like) if weighted else one
         if kind == PROBS:
-            wq = wj * as_compute(load(pe[base + col]), like)
-            a += wq * y
+            wq = np.float64(wj) * np.float64(as_compute(load(pe[base + col]), like))
+            a += wq * np.float64(y)
             b += wq
         if want_sy:
-            c += wj * y
+            c += np.float64(wj) * np.float64(y)
     return m, s, a, b, c
 
 
@@ -291,19 +292,24 @@ def rows_kernel(xe, xw, k0, n, v, g, kind, targets, ignore, pe, w, weighted, cap
                 t = -1
         m = lowest(xe)
         s = one - one
-        a = s
-        b = s
-        c = s
+        a = 0.0  # the plain sums are float64: a row of one class must cancel exactly
+        b = 0.0
+        c = 0.0
+        # the target's weight and logit, in float64 (a row of one class has a loss of exactly 0)
+        tw = 0.0
+        ty = 0.0
         if counted:
-            if t >= 0 and tid == 0:  # read before any thread of the group writes the gradient
-                wt = as_compute(w[t], xe) if weighted else one
-                a = wt * _capped(load(xe[base + t]), capc)
-                b = wt
+            if t >= 0:
+                tw = np.float64(w[t]) if weighted else 1.0
+                if tid == 0:  # read before any thread of the group writes the gradient
+                    ty = np.float64(_capped(load(xe[base + t]), capc))
             m, s, a, b, c = _row_stats(xe, xw, k0, base, v, tid, g, m, s, a, b, c, capc, one, pe,
                                        kind, w, weighted, want_sy)
         # new names: merged partials may be float64, the loops above keep the compute type
         mm, ms, ma, mb, mc = group_merge(m, s, a, b, c, g)
         lse = np.float64(mm) + _log(np.float64(ms))
+        ma = np.float64(ma) + tw * ty
+        mb = np.float64(mb) + tw
         if active and tid == 0:
             if counted:
                 stats[row, 0] = lse
@@ -329,12 +335,18 @@ def rows_kernel(xe, xw, k0, n, v, g, kind, targets, ignore, pe, w, weighted, cap
             if red == MEAN:
                 sc = _div(up, totals[1])
                 sz = _div(up, totals[0])
-            c0 = sc * (1.0 - eps)
-            c1 = sc * eps / v
-            big_a = c0 * np.float64(mb) + c1 * wsum
-            if z > 0:
-                big_a += sz * 2.0 * z * lse
-            scl = _div(big_a, np.float64(ms))
+            c0 = 0.0
+            c1 = 0.0
+            scl = 0.0
+            if counted:
+                c0 = sc * (1.0 - eps)
+                c1 = sc * eps / v
+                big_a = c0 * np.float64(mb) + c1 * wsum
+                if z > 0:
+                    big_a += sz * 2.0 * z * lse
+                scl = _div(big_a, np.float64(ms))
+                if lse == math.inf:  # as PyTorch: a row holding +inf has a NaN gradient
+                    scl = math.nan
             _row_gradient(xe, xw, k0, base, v, tid, g, t, as_compute(mm, xe), as_compute(scl, xe),
                           as_compute(c0, xe), as_compute(c1, xe), not counted, capc, one, pe,
                           kind, w, weighted, ge, gw)

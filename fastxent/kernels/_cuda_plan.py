@@ -56,7 +56,8 @@ def grid(n, v, itemsize, fused, facts):
     if fused:
         rows_in_flight = max(sms, int(config.CUDA_L2_SHARE * l2) // max(row_bytes, 1))
         blocks = min(blocks, max(1, rows_in_flight // per_block))
-    return min(blocks, sms * config.CUDA_BLOCKS_PER_SM), threads, group
+    most = config.CUDA_MAX_BLOCKS or sms * config.CUDA_BLOCKS_PER_SM
+    return min(blocks, most), threads, group
 
 
 def call(x, kind, targets, ignore, probs, weight, eps, z, softcap, want_sy, reduction, go, go_rows,

@@ -37,8 +37,12 @@ from . import _cuda_plan as _plan
 
 name = "cuda"
 
-if not cuda.is_available():
-    raise ImportError("numba.cuda finds no usable GPU (no NVIDIA driver or device is visible)")
+
+
+def ensure_usable():
+    """Raises ImportError when no GPU can run the kernels (``_dispatch`` asks before first use)."""
+    if not cuda.is_available():
+        raise ImportError("numba.cuda finds no usable GPU (no NVIDIA driver or device is visible)")
 
 INDEX, PROBS = _kernels.INDEX, _kernels.PROBS
 

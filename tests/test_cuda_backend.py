@@ -1,0 +1,371 @@
+"""The CUDA backend against the float64 oracle and the CPU backend: every option and dtype, rows
+owned by a warp or by a block, aligned and unaligned rows, device arrays staying on the device,
+``out=`` and ``inplace``, out-of-range targets found on the device, non-finite logits.
+
+They run on a GPU when one is visible, and in Numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``, at
+small sizes: each simulated thread is a Python thread), which ``tests/test_cuda_simulated.py``
+starts in a separate process. Without either they are skipped.
+"""
+
+import os
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import fastxent as fx
+from fastxent import config
+from conftest import (BF16, DTYPES, F32, F64, ROUNDING, assert_fused_matches_oracle, assert_grad_close,
+                      assert_loss_close, bits, dtype_id, oracle, random_logits, random_probs,
+                      random_targets, random_weight, to64)
+
+SIMULATED = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
+
+
+def _cuda():
+    try:
+        from numba import cuda
+        return cuda if cuda.is_available() else None
+    except Exception:  # numba-cuda missing or broken: nothing here can run
+        return None
+
+
+cuda = _cuda()
+pytestmark = pytest.mark.skipif(cuda is None, reason="no CUDA GPU (these tests also run in the "
+                                "CUDA simulator: tests/test_cuda_simulated.py)")
+
+
+@pytest.fixture(autouse=True)
+def small_launches(monkeypatch):
+    """Two blocks at most, so that every block loops over rows; in the simulator, blocks of a few
+    threads (each simulated thread is a Python thread)."""
+    monkeypatch.setattr(config, "CUDA_MAX_BLOCKS", 2)
+    if SIMULATED:
+        monkeypatch.setattr(config, "CUDA_WARP_BLOCK_THREADS", 32)
+        monkeypatch.setattr(config, "CUDA_BLOCK_THREADS", 64)
+        monkeypatch.setattr(config, "CUDA_REDUCE_THREADS", 16)
+
+
+@pytest.fixture(params=["warp", "block"])
+def layout(request, monkeypatch):
+    """Rows owned by one warp, or by a whole block, whatever their length."""
+    monkeypatch.setattr(config, "CUDA_WARP_ROW_BYTES", 1 << 40 if request.param == "warp" else 0)
+    return request.param
+
+
+# V odd, so that rows start at every offset against 8-byte words.
+N, V = 5, 45
+
+OPTIONS = {
+    "plain": dict(),
+    "ignore-sum": dict(reduction="sum", ignore_index=3),
+    "weight-smoothing": dict(weight="w", label_smoothing=0.2),
+    "zloss-softcap": dict(z_loss=1e-3, softcap=4.0, reduction="sum"),
+    "none-grad-output": dict(reduction="none", grad_output="rows"),
+}
+
+
+def _options(rng, name, lead, v):
+    opts = dict(OPTIONS[name])
+    if opts.get("weight") == "w":
+        opts["weight"] = random_weight(rng, v)
+    if opts.get("grad_output") == "rows":
+        opts["grad_output"] = rng.uniform(0.5, 2.0, lead)
+    return opts
+
+
+# Every option in both layouts on float32; the other dtypes on the options that touch the
+# arithmetic most (the simulator is slow: each case costs about a second there).
+CASES = ([(F32, name) for name in OPTIONS] +
+         [(d, name) for d in DTYPES if d != F32 for name in ("plain", "weight-smoothing")])
+
+
+@pytest.mark.parametrize("dtype, name", CASES, ids=lambda c: c if isinstance(c, str) else c.name)
+def test_index_targets_match_oracle(rng, layout, dtype, name):
+    x = random_logits(rng, (N, V), dtype)
+    t = random_targets(rng, (N,), V, ignore_index=OPTIONS[name].get("ignore_index", -100))
+    opts = _options(rng, name, (N,), V)
+    assert_fused_matches_oracle(x, t, dtype, backend="cuda", **opts)
+    opts.pop("grad_output", None)
+    want, _ = oracle(x, t, **opts)
+    assert_loss_close(fx.cross_entropy(x, t, backend="cuda", **opts), want, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+def test_probability_targets_match_oracle(rng, layout, dtype):
+    x = random_logits(rng, (N, V), dtype)
+    q = random_probs(rng, (N, V), dtype)
+    assert_fused_matches_oracle(x, q, dtype, backend="cuda", weight=random_weight(rng, V),
+                                label_smoothing=0.1)
+    assert_fused_matches_oracle(x, q, dtype, backend="cuda", reduction="none")
+
+
+@settings(max_examples=12, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(n=st.integers(1, 4), v=st.integers(1, 70), dtype=st.sampled_from(DTYPES),
+       seed=st.integers(0, 2**32 - 1), smoothing=st.sampled_from([0.0, 0.3]),
+       reduction=st.sampled_from(["mean", "sum", "none"]), weighted=st.booleans())
+def test_random_inputs_match_oracle(n, v, dtype, seed, smoothing, reduction, weighted):
+    rng = np.random.default_rng(seed)
+    x = random_logits(rng, (n, v), dtype, scale=rng.uniform(0.1, 20))
+    t = random_targets(rng, (n,), v, ignore_index=-100)
+    w = random_weight(rng, v) if weighted else None
+    assert_fused_matches_oracle(x, t, dtype, backend="cuda", label_smoothing=smoothing,
+                                reduction=reduction, weight=w)
+
+
+def test_large_logits_and_lead_dimensions(rng):
+    """|logits| up to 1e4 (DESIGN.md's range) with a 3-D logits array."""
+    x = random_logits(rng, (2, 3, 67), F32, scale=3e3)
+    t = random_targets(rng, (2, 3), 67)
+    assert_fused_matches_oracle(x, t, F32, backend="cuda")
+
+
+def test_matches_cpu_backend(rng, layout):
+    x = random_logits(rng, (N, V), F32)
+    t = random_targets(rng, (N,), V, ignore_index=-100)
+    lc, gc = fx.cross_entropy_with_grad(x, t, backend="cpu", z_loss=1e-4, label_smoothing=0.05)
+    lg, gg = fx.cross_entropy_with_grad(x, t, backend="cuda", z_loss=1e-4, label_smoothing=0.05)
+    assert_loss_close(lg, lc, F32)
+    assert_grad_close(gg, gc, F32, atol=2e-7)
+
+
+# --- arrays that live on the device --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [F32, np.dtype(np.float16), F64], ids=dtype_id)
+def test_device_arrays_stay_on_device(rng, dtype):
+    x = random_logits(rng, (2, 3, V), dtype)
+    t = random_targets(rng, (2, 3), V, ignore_index=-100)
+    dx, dt = cuda.to_device(x), cuda.to_device(t)
+    loss = fx.cross_entropy(dx, dt)
+    assert fx._arrays.is_device(loss)
+    assert loss.shape == ()
+    rows = fx.cross_entropy(dx, dt, reduction="none")
+    assert rows.shape == (2, 3)
+    assert rows.dtype == (F64 if dtype == F64 else F32)
+    total, grad = fx.cross_entropy_with_grad(dx, dt, reduction="sum")
+    assert grad.shape == x.shape and grad.dtype == dtype
+    want, want_grad = oracle(x, t, reduction="sum")
+    assert_loss_close(float(total.copy_to_host()), want, dtype)
+    assert_grad_close(grad.copy_to_host(), want_grad, dtype)
+    np.testing.assert_array_equal(dx.copy_to_host(), x)  # the logits are left alone
+
+
+def test_device_logsumexp(rng):
+    x = random_logits(rng, (3, V), F32)
+    x[1, :] = -np.inf
+    x[2, 4] = np.inf
+    got = fx.logsumexp(cuda.to_device(x))
+    assert got.shape == (3,)
+    np.testing.assert_allclose(got.copy_to_host(), fx.logsumexp(x), rtol=1e-6)
+
+
+def test_inplace_on_device(rng):
+    x = random_logits(rng, (N, V), F32)
+    t = random_targets(rng, (N,), V)
+    dx = cuda.to_device(x)
+    _, grad = fx.cross_entropy_with_grad(dx, cuda.to_device(t), inplace=True)
+    assert grad is dx
+    assert_grad_close(dx.copy_to_host(), oracle(x, t)[1], F32)
+
+
+def test_out_on_device(rng):
+    x = random_logits(rng, (N, V), F32)
+    t = random_targets(rng, (N,), V)
+    dx = cuda.to_device(x)
+    out = cuda.device_array_like(x)
+    _, grad = fx.cross_entropy_with_grad(dx, cuda.to_device(t), out=out)
+    assert grad is out
+    assert_grad_close(out.copy_to_host(), oracle(x, t)[1], F32)
+    with pytest.raises(ValueError, match="overlaps logits"):
+        fx.cross_entropy_with_grad(dx, cuda.to_device(t), out=dx)
+    with pytest.raises(ValueError, match="dtype"):
+        fx.cross_entropy_with_grad(dx, cuda.to_device(t), out=cuda.device_array((N, V), F64))
+
+
+def test_host_arrays_inplace_and_out_with_backend_cuda(rng):
+    x = random_logits(rng, (N, V), F32)
+    t = random_targets(rng, (N,), V)
+    want = oracle(x, t)[1]
+    out = np.empty_like(x)
+    _, grad = fx.cross_entropy_with_grad(x, t, backend="cuda", out=out)
+    assert grad is out
+    assert_grad_close(out, want, F32)
+    y = x.copy()
+    _, grad = fx.cross_entropy_with_grad(y, t, backend="cuda", inplace=True)
+    assert grad is y
+    assert_grad_close(y, want, F32)
+
+
+@pytest.mark.parametrize("dtype", [F32, np.dtype(np.float16)], ids=dtype_id)
+@pytest.mark.parametrize("offset", [1, 3])
+def test_rows_not_aligned_to_words(rng, dtype, offset):
+    """Logits starting ``offset`` elements past an 8-byte boundary, with the gradient in a buffer
+    that starts elsewhere against the words (element-by-element path) and in place."""
+    x = random_logits(rng, (N, V), dtype)
+    t = random_targets(rng, (N,), V)
+    want_loss, want_grad = oracle(x, t)
+    flat = cuda.to_device(np.zeros(N * V + 8, dtype))
+    dx = flat[offset:offset + N * V].reshape(N, V)
+    dx.copy_to_device(x)
+    loss, grad = fx.cross_entropy_with_grad(dx, cuda.to_device(t))
+    assert_loss_close(float(loss.copy_to_host()), want_loss, dtype)
+    assert_grad_close(grad.copy_to_host(), want_grad, dtype)
+    loss, grad = fx.cross_entropy_with_grad(dx, cuda.to_device(t), inplace=True)
+    assert_grad_close(dx.copy_to_host(), want_grad, dtype)
+
+
+# --- errors and special values -------------------------------------------------------------------
+
+
+def test_out_of_range_target_raises_and_leaves_logits(rng):
+    x = random_logits(rng, (2, 3, V), F32)
+    t = random_targets(rng, (2, 3), V)
+    t[1, 2] = V
+    dx = cuda.to_device(x)
+    with pytest.raises(IndexError, match=r"targets\[1, 2\] = 45 is out of range"):
+        fx.cross_entropy_with_grad(dx, cuda.to_device(t), inplace=True)
+    np.testing.assert_array_equal(dx.copy_to_host(), x)
+    with pytest.raises(IndexError, match=r"targets\[1, 2\]"):
+        fx.cross_entropy(x, t, backend="cuda")
+
+
+def test_bad_options_are_refused_before_any_launch(rng):
+    x = cuda.to_device(random_logits(rng, (2, V), F32))
+    t = cuda.to_device(np.array([0, 1]))
+    with pytest.raises(ValueError, match="reduction"):
+        fx.cross_entropy(x, t, reduction="avg")
+    with pytest.raises(ValueError, match="expected \\(2,\\)"):
+        fx.cross_entropy(x, cuda.to_device(np.array([0, 1, 2])))
+    with pytest.raises(TypeError, match="dtype"):
+        fx.cross_entropy(cuda.to_device(np.zeros((2, 3), np.int32)), t)
+    with pytest.raises(ValueError, match="weight has shape"):
+        fx.cross_entropy(x, t, weight=np.ones(V + 1))
+
+
+def test_nonfinite_logits_as_cpu(rng):
+    x = random_logits(rng, (4, V), F32)
+    x[0, 3] = -np.inf  # a masked class
+    x[1, :] = -np.inf  # a row of masked classes: NaN, as PyTorch
+    x[2, 7] = np.nan
+    x[3, 9] = np.inf
+    t = np.array([0, 1, 2, 3])
+    lc, gc = fx.cross_entropy_with_grad(x, t, backend="cpu", reduction="none")
+    lg, gg = fx.cross_entropy_with_grad(x, t, backend="cuda", reduction="none")
+    np.testing.assert_allclose(lg, lc, rtol=1e-6, equal_nan=True)
+    np.testing.assert_allclose(gg, gc, atol=1e-6, equal_nan=True)
+
+
+def test_no_rows_and_all_ignored(rng):
+    x = np.zeros((0, V), F32)
+    t = np.zeros(0, np.int64)
+    assert np.isnan(fx.cross_entropy(x, t, backend="cuda"))
+    assert fx.cross_entropy(x, t, backend="cuda", reduction="sum") == 0.0
+    x = random_logits(rng, (3, V), F32)
+    t = np.full(3, -100)
+    loss, grad = fx.cross_entropy_with_grad(x, t, backend="cuda")
+    assert np.isnan(loss)
+    assert not grad.any()
+
+
+def test_deterministic(rng, layout):
+    x = random_logits(rng, (N, V), F32)
+    t = random_targets(rng, (N,), V)
+    a = fx.cross_entropy_with_grad(x, t, backend="cuda", label_smoothing=0.1)
+    b = fx.cross_entropy_with_grad(x, t, backend="cuda", label_smoothing=0.1)
+    assert bits(a[0]) == bits(b[0]) and bits(a[1]) == bits(b[1])
+
+
+def test_grad_output_on_device(rng):
+    x = random_logits(rng, (N, V), F32)
+    t = random_targets(rng, (N,), V)
+    go = rng.uniform(0.5, 2.0, N)
+    want_loss, want_grad = oracle(x, t, reduction="none", grad_output=go)
+    _, grad = fx.cross_entropy_with_grad(cuda.to_device(x), cuda.to_device(t), reduction="none",
+                                         grad_output=cuda.to_device(go.astype(np.float32)))
+    assert_grad_close(grad.copy_to_host(), want_grad, F32)
+    _, grad = fx.cross_entropy_with_grad(cuda.to_device(x), cuda.to_device(t),
+                                         grad_output=cuda.to_device(np.array([2.5])))
+    assert_grad_close(grad.copy_to_host(), 2.5 * oracle(x, t)[1], F32)
+
+
+def test_bfloat16_gradient_within_one_rounding_of_float32(rng):
+    xb = random_logits(rng, (N, V), BF16)
+    t = random_targets(rng, (N,), V)
+    _, g32 = fx.cross_entropy_with_grad(xb.astype(F32), t, backend="cuda")
+    _, g16 = fx.cross_entropy_with_grad(xb, t, backend="cuda")
+    np.testing.assert_allclose(to64(g16), to64(g32), rtol=ROUNDING[BF16], atol=1e-7)
+
+
+# --- PyTorch and CuPy arrays on a real GPU -------------------------------------------------------
+
+
+def _torch_cuda():
+    if SIMULATED or cuda is None:
+        return None
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch if torch.cuda.is_available() else None
+
+
+torch = _torch_cuda()
+needs_torch = pytest.mark.skipif(torch is None, reason="needs PyTorch with a CUDA GPU")
+
+
+@needs_torch
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
+def test_torch_tensors_match_cpu_and_stay_on_the_gpu(rng, dtype):
+    x = random_logits(rng, (6, 1000), F32)
+    t = random_targets(rng, (6,), 1000, ignore_index=-100)
+    xt = torch.tensor(x, device="cuda").to(getattr(torch, dtype))
+    tt = torch.tensor(t, device="cuda")
+    loss, grad = fx.cross_entropy_with_grad(xt, tt)
+    assert isinstance(loss, torch.Tensor) and loss.device.type == "cuda" and loss.shape == ()
+    assert isinstance(grad, torch.Tensor) and grad.dtype == xt.dtype and grad.shape == xt.shape
+    xd = xt.double().requires_grad_()
+    ref = torch.nn.functional.cross_entropy(xd, tt)
+    ref.backward()
+    np.testing.assert_allclose(loss.item(), ref.item(), rtol=1e-6)
+    tol = 1e-6 if dtype == "float32" else 2 ** -8
+    torch.testing.assert_close(grad.double(), xd.grad, atol=1e-6, rtol=tol)
+
+
+@needs_torch
+def test_torch_current_stream_is_used(rng):
+    x = torch.tensor(random_logits(rng, (64, 4096), F32), device="cuda")
+    t = torch.randint(0, 4096, (64,), device="cuda")
+    side = torch.cuda.Stream()
+    with torch.cuda.stream(side):
+        loss = fx.cross_entropy(x, t, reduction="none")
+        want = torch.nn.functional.cross_entropy(x, t, reduction="none")
+    side.synchronize()
+    torch.testing.assert_close(loss, want, rtol=1e-6, atol=1e-6)
+
+
+@needs_torch
+def test_torch_inplace_and_bad_target(rng):
+    x = torch.tensor(random_logits(rng, (4, 777), F32), device="cuda", dtype=torch.bfloat16)
+    t = torch.tensor([1, 2, 3, 777], device="cuda")
+    before = x.clone()
+    with pytest.raises(IndexError, match=r"targets\[3\] = 777"):
+        fx.cross_entropy_with_grad(x, t, inplace=True)
+    assert torch.equal(x, before)
+    t[3] = 5
+    _, g = fx.cross_entropy_with_grad(x, t, inplace=True)
+    assert g is x
+
+
+@pytest.mark.skipif(SIMULATED or cuda is None, reason="needs a CUDA GPU")
+def test_cupy_arrays(rng):
+    cupy = pytest.importorskip("cupy")
+    x = random_logits(rng, (5, 300), F32)
+    t = random_targets(rng, (5,), 300)
+    loss, grad = fx.cross_entropy_with_grad(cupy.asarray(x), cupy.asarray(t))
+    assert isinstance(grad, cupy.ndarray)
+    want_loss, want_grad = oracle(x, t)
+    np.testing.assert_allclose(float(loss), want_loss, rtol=1e-6)
+    assert_grad_close(cupy.asnumpy(grad), want_grad, F32)
