@@ -47,3 +47,7 @@ CUDA_REDUCE_THREADS = 256
 #: At most this many blocks for the row kernel (None: ``CUDA_BLOCKS_PER_SM`` per multiprocessor).
 #: The tests set it low so that every block loops over several rows.
 CUDA_MAX_BLOCKS = None
+
+#: Few rows with many classes are cut into segments of at least this many columns, one block
+#: each (batch-1 scoring of a 256K vocabulary: about 60 segments, 8 KiB of bfloat16 each).
+CUDA_SPLIT_MIN_COLUMNS = 4096

@@ -16,9 +16,9 @@ from hypothesis import strategies as st
 
 import fastxent as fx
 from fastxent import config
-from conftest import (BF16, DTYPES, F32, F64, ROUNDING, assert_fused_matches_oracle, assert_grad_close,
-                      assert_loss_close, bits, dtype_id, oracle, random_logits, random_probs,
-                      random_targets, random_weight, to64)
+from conftest import (BF16, DTYPES, F16, F32, F64, ROUNDING, assert_fused_matches_oracle,
+                      assert_grad_close, assert_loss_close, bits, dtype_id, oracle, random_logits,
+                      random_probs, random_targets, random_weight, to64)
 
 SIMULATED = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
 
@@ -52,6 +52,15 @@ def layout(request, monkeypatch):
     """Rows owned by one warp, or by a whole block, whatever their length."""
     monkeypatch.setattr(config, "CUDA_WARP_ROW_BYTES", 1 << 40 if request.param == "warp" else 0)
     return request.param
+
+
+@pytest.fixture
+def split(monkeypatch):
+    """Few rows with many classes: every row cut into segments of 8 columns, one block each."""
+    monkeypatch.setattr(config, "CUDA_WARP_ROW_BYTES", 0)
+    monkeypatch.setattr(config, "CUDA_SPLIT_MIN_COLUMNS", 8)
+    if SIMULATED:
+        monkeypatch.setattr(config, "CUDA_BLOCK_THREADS", 32)
 
 
 # V odd, so that rows start at every offset against 8-byte words.
@@ -90,6 +99,33 @@ def test_index_targets_match_oracle(rng, layout, dtype, name):
     opts.pop("grad_output", None)
     want, _ = oracle(x, t, **opts)
     assert_loss_close(fx.cross_entropy(x, t, backend="cuda", **opts), want, dtype)
+
+
+@pytest.mark.parametrize("dtype, name", [(F32, "plain"), (F64, "plain"),
+                                         (BF16, "weight-smoothing"), (F16, "zloss-softcap"),
+                                         (F32, "none-grad-output"), (F32, "ignore-sum")],
+                         ids=lambda c: c if isinstance(c, str) else c.name)
+def test_rows_split_across_blocks_match_oracle(rng, split, dtype, name):
+    from fastxent.kernels import _cuda_plan
+    n = 3
+    assert _cuda_plan.splits(n, V, dtype.itemsize, (132, 50 << 20)) == 5
+    x = random_logits(rng, (n, V), dtype)
+    t = random_targets(rng, (n,), V, ignore_index=OPTIONS[name].get("ignore_index", -100))
+    opts = _options(rng, name, (n,), V)
+    assert_fused_matches_oracle(x, t, dtype, backend="cuda", **opts)
+
+
+def test_split_rows_probabilities_logsumexp_and_in_place(rng, split):
+    x = random_logits(rng, (3, V), F32)
+    q = random_probs(rng, (3, V), F32)
+    assert_fused_matches_oracle(x, q, F32, backend="cuda", label_smoothing=0.1)
+    np.testing.assert_allclose(fx.logsumexp(x, backend="cuda"), fx.logsumexp(x), rtol=1e-6)
+    t = random_targets(rng, (3,), V)
+    y = x.copy()
+    t[2] = -1
+    with pytest.raises(IndexError, match=r"targets\[2\] = -1"):
+        fx.cross_entropy_with_grad(y, t, backend="cuda", inplace=True)
+    np.testing.assert_array_equal(y, x)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)

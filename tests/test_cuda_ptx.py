@@ -56,6 +56,11 @@ def launches(dtype, variant):
         return plan.call(x, plan.PROBS, None, -100, np.zeros_like(x), np.ones(V, compute), 0.1,
                          1e-4, 30.0, True, "none", 0.0, np.ones(N), x, np.zeros(N, compute),
                          _scratch, _dummy, FACTS)[0]
+    if variant == "split":  # batch-1 scoring: one row cut across blocks, fused
+        x = np.zeros((1, 256000), STORAGE[dtype])
+        return plan.call(x, plan.INDEX, np.zeros(1, np.int64), -100, None, None, 0.0, 0.0, None,
+                         False, "mean", 1.0, None, x, np.zeros(1, compute), _scratch, _dummy,
+                         FACTS)[0]
     return plan.lse_call(x, None, np.zeros(N, compute), _scratch, _dummy, FACTS)
 
 
@@ -90,8 +95,12 @@ def test_fused_row_kernel_ptx(target_cc, dtype):
 
 @pytest.mark.parametrize("target_cc", [(9, 0)], indirect=True, ids=["sm90"])
 @pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
-@pytest.mark.parametrize("variant", ["options", "logsumexp"])
+@pytest.mark.parametrize("variant", ["options", "logsumexp", "split"])
 def test_other_launches_ptx(target_cc, dtype, variant):
+    names = [launch[0] for launch in launches(dtype, variant)]
+    if variant == "split":
+        assert names == ["targets_kernel", "partials_kernel", "merge_kernel",
+                         "split_gradient_kernel", "reduce_kernel"]
     for name, blocks, threads, args in launches(dtype, variant):
         ptx = ptx_of(name, args, target_cc)
         assert ".entry" in ptx

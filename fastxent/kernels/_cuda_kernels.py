@@ -15,7 +15,7 @@ import numba_cuda  # noqa: E402, F401  (the maintained CUDA target, not numba's 
 from numba import config as _numba_config  # noqa: E402  (after the compatibility shim)
 from numba import cuda  # noqa: E402
 
-from ._groups import group_merge  # noqa: E402
+from ._groups import group_merge, merge  # noqa: E402
 from ._lanes import compute as as_compute  # noqa: E402
 from ._lanes import decode as load  # noqa: E402
 from ._lanes import empty_word, get, lanes, lowest, put  # noqa: E402
@@ -102,24 +102,27 @@ def _gradient(y, col, base, t, m, scl, c0, c1, zero_row, capc, one, pe, kind, w,
 
 
 @cuda.jit(**_DEVICE)
-def _span(k0, base, v, nwords, ne):
-    """Words ``[lo, hi)`` wholly inside the row, and the elements before and after them."""
-    lo = (base - k0 + ne - 1) // ne
-    hi = min((base + v - k0) // ne, nwords)
+def _span(k0, start, end, nwords, ne):
+    """Words ``[lo, hi)`` wholly inside elements ``[start, end)``, and the elements before and
+    after them (read one by one)."""
+    lo = (start - k0 + ne - 1) // ne
+    hi = min((end - k0) // ne, nwords)
     if hi <= lo:
-        return lo, lo, base + v, base + v
+        return lo, lo, end, end
     return lo, hi, k0 + lo * ne, k0 + hi * ne
 
 
 @cuda.jit(**_DEVICE)
-def _row_stats(xe, xw, k0, base, v, tid, g, m, s, a, b, c, capc, one, pe, kind, w, weighted,
-               want_sy):
+def _row_stats(xe, xw, k0, base, start, end, tid, g, m, s, a, b, c, capc, one, pe, kind, w,
+               weighted, want_sy):
+    """A thread's partial statistics of elements ``[start, end)`` of the row starting at
+    ``base``; the ``g`` threads of its group share them out."""
     ne = lanes(xe)
-    lo, hi, head_end, tail_start = _span(k0, base, v, xw.size, ne)
-    for e in range(base + tid, head_end, g):
+    lo, hi, head_end, tail_start = _span(k0, start, end, xw.size, ne)
+    for e in range(start + tid, head_end, g):
         m, s, a, b, c = _visit(load(xe[e]), e - base, base, m, s, a, b, c, capc, one, pe, kind,
                                w, weighted, want_sy, xe)
-    for e in range(tail_start + tid, base + v, g):
+    for e in range(tail_start + tid, end, g):
         m, s, a, b, c = _visit(load(xe[e]), e - base, base, m, s, a, b, c, capc, one, pe, kind,
                                w, weighted, want_sy, xe)
     k = lo + tid
@@ -156,14 +159,15 @@ def _word_gradient(word, col, base, t, m, scl, c0, c1, zero_row, capc, one, pe, 
 
 
 @cuda.jit(**_DEVICE)
-def _row_gradient(xe, xw, k0, base, v, tid, g, t, m, scl, c0, c1, zero_row, capc, one, pe, kind, w,
-                  weighted, ge, gw):
+def _row_gradient(xe, xw, k0, base, start, end, tid, g, t, m, scl, c0, c1, zero_row, capc, one, pe,
+                  kind, w, weighted, ge, gw):
+    """The gradient of elements ``[start, end)`` of the row starting at ``base``."""
     ne = lanes(xe)
-    lo, hi, head_end, tail_start = _span(k0, base, v, xw.size, ne)
-    for e in range(base + tid, head_end, g):
+    lo, hi, head_end, tail_start = _span(k0, start, end, xw.size, ne)
+    for e in range(start + tid, head_end, g):
         ge[e] = store(_gradient(load(xe[e]), e - base, base, t, m, scl, c0, c1, zero_row, capc, one,
                                 pe, kind, w, weighted, xe), ge)
-    for e in range(tail_start + tid, base + v, g):
+    for e in range(tail_start + tid, end, g):
         ge[e] = store(_gradient(load(xe[e]), e - base, base, t, m, scl, c0, c1, zero_row, capc, one,
                                 pe, kind, w, weighted, xe), ge)
     k = lo + tid
@@ -186,6 +190,42 @@ def _row_gradient(xe, xw, k0, base, v, tid, g, t, m, scl, c0, c1, zero_row, capc
         gw[k] = _word_gradient(xw[k], col0 + k * ne, base, t, m, scl, c0, c1, zero_row, capc, one,
                                pe, kind, w, weighted, ge)
         k += g
+
+
+@cuda.jit(**_DEVICE)
+def _target(targets, row, kind, ignore, v):
+    """The row's class index, or -1 when it is ignored, out of range or there is none; and
+    whether the row counts (an index row that is not ignored, or any other row)."""
+    if kind != INDEX:
+        return -1, True
+    t = targets[row]
+    if t == ignore or t < 0 or t >= v:
+        return -1, False
+    return t, True
+
+
+@cuda.jit(**_DEVICE)
+def _coefficients(row, counted, red, go, go_rows, per_row_go, totals, eps, z, v, swq, lse, s):
+    """(c0, c1, A/s) of a row's gradient formula, from ``grad_output`` and the call's totals."""
+    if not counted:
+        return 0.0, 0.0, 0.0
+    up = go
+    if per_row_go:  # on the device: one value per row, or one for all
+        up = go_rows[row if go_rows.size > 1 else 0]
+    sc = up
+    sz = up
+    if red == MEAN:
+        sc = _div(up, totals[1])
+        sz = _div(up, totals[0])
+    c0 = sc * (1.0 - eps)
+    c1 = sc * eps / v
+    big_a = c0 * swq + c1 * totals[2]
+    if z > 0:
+        big_a += sz * 2.0 * z * lse
+    scl = _div(big_a, s)
+    if lse == math.inf:  # as PyTorch: a row holding +inf has a NaN gradient
+        scl = math.nan
+    return c0, c1, scl
 
 
 @cuda.jit(**_DEVICE)
@@ -265,6 +305,35 @@ def targets_kernel(targets, ignore, v, n, kind, w, weighted, totals, bad):
         bad[0] = sf[0] if sf[0] < n else -1
 
 
+@cuda.jit(**_DEVICE)
+def _finish_row(row, counted, lse, swqy, swq, swy, eps, z, v, wsum, stats, losses, write_loss):
+    """Writes a row's statistics (zeros for a row that does not count) and its loss."""
+    for k in range(4):
+        stats[row, k] = 0.0
+    if counted:
+        stats[row, 0] = lse
+        stats[row, 1] = swqy
+        stats[row, 2] = swq
+        stats[row, 3] = swy
+    if write_loss:
+        loss = 0.0
+        if counted:
+            ce, zt = _row_loss(lse, swqy, swq, swy, eps, z, v, wsum)
+            loss = ce + zt
+        losses[row] = loss
+
+
+@cuda.jit(**_DEVICE)
+def _target_terms(xe, w, weighted, t, base, capc, read_logit):
+    """The target's weight and (soft-capped) logit in float64: added to the merged sums, so that a
+    row of one class cancels exactly. The logit is read only where ``read_logit``."""
+    if t < 0:
+        return 0.0, 0.0
+    tw = np.float64(w[t]) if weighted else 1.0
+    ty = np.float64(_capped(load(xe[base + t]), capc)) if read_logit else 0.0
+    return tw, ty
+
+
 @cuda.jit
 def rows_kernel(xe, xw, k0, n, v, g, kind, targets, ignore, pe, w, weighted, cap, want_sy, eps, z,
                 red, go, go_rows, per_row_go, totals, bad, stats, losses, write_loss, ge, gw,
@@ -277,79 +346,118 @@ def rows_kernel(xe, xw, k0, n, v, g, kind, targets, ignore, pe, w, weighted, cap
     one = as_compute(1.0, xe)
     capc = as_compute(cap, xe)
     allowed = bad[0] < 0
-    wsum = totals[2]
     for it in range((n + n_groups - 1) // n_groups):  # the same count in every group
         r = group + it * n_groups
         active = r < n
         row = r if active else 0
         base = row * v
-        counted = active
-        t = -1
-        if active and kind == INDEX:
-            t = targets[row]
-            if t == ignore or t < 0 or t >= v:
-                counted = False
-                t = -1
+        t, counted = _target(targets, row, kind, ignore, v)
+        counted = counted and active
         m = lowest(xe)
         s = one - one
-        a = 0.0  # the plain sums are float64: a row of one class must cancel exactly
+        a = 0.0  # the plain sums are float64
         b = 0.0
         c = 0.0
-        # the target's weight and logit, in float64 (a row of one class has a loss of exactly 0)
         tw = 0.0
         ty = 0.0
         if counted:
-            if t >= 0:
-                tw = np.float64(w[t]) if weighted else 1.0
-                if tid == 0:  # read before any thread of the group writes the gradient
-                    ty = np.float64(_capped(load(xe[base + t]), capc))
-            m, s, a, b, c = _row_stats(xe, xw, k0, base, v, tid, g, m, s, a, b, c, capc, one, pe,
-                                       kind, w, weighted, want_sy)
+            # thread 0 reads the target's logit before any thread of the group writes the gradient
+            tw, ty = _target_terms(xe, w, weighted, t, base, capc, tid == 0)
+            m, s, a, b, c = _row_stats(xe, xw, k0, base, base, base + v, tid, g, m, s, a, b, c,
+                                       capc, one, pe, kind, w, weighted, want_sy)
         # new names: merged partials may be float64, the loops above keep the compute type
         mm, ms, ma, mb, mc = group_merge(m, s, a, b, c, g)
         lse = np.float64(mm) + _log(np.float64(ms))
-        ma = np.float64(ma) + tw * ty
-        mb = np.float64(mb) + tw
+        swq = np.float64(mb) + tw
         if active and tid == 0:
-            if counted:
-                stats[row, 0] = lse
-                stats[row, 1] = ma
-                stats[row, 2] = mb
-                stats[row, 3] = mc
-            else:
-                for k in range(4):
-                    stats[row, k] = 0.0
-            if write_loss:
-                loss = 0.0
-                if counted:
-                    ce, zt = _row_loss(lse, np.float64(ma), np.float64(mb), np.float64(mc), eps,
-                                       z, v, wsum)
-                    loss = ce + zt
-                losses[row] = loss
+            _finish_row(row, counted, lse, np.float64(ma) + tw * ty, swq, np.float64(mc), eps, z,
+                        v, totals[2], stats, losses, write_loss)
         if write_grad and active and allowed:
-            up = go
-            if per_row_go:  # on the device: one value per row, or one for all
-                up = go_rows[row if go_rows.size > 1 else 0]
-            sc = up
-            sz = up
-            if red == MEAN:
-                sc = _div(up, totals[1])
-                sz = _div(up, totals[0])
-            c0 = 0.0
-            c1 = 0.0
-            scl = 0.0
-            if counted:
-                c0 = sc * (1.0 - eps)
-                c1 = sc * eps / v
-                big_a = c0 * np.float64(mb) + c1 * wsum
-                if z > 0:
-                    big_a += sz * 2.0 * z * lse
-                scl = _div(big_a, np.float64(ms))
-                if lse == math.inf:  # as PyTorch: a row holding +inf has a NaN gradient
-                    scl = math.nan
-            _row_gradient(xe, xw, k0, base, v, tid, g, t, as_compute(mm, xe), as_compute(scl, xe),
-                          as_compute(c0, xe), as_compute(c1, xe), not counted, capc, one, pe,
-                          kind, w, weighted, ge, gw)
+            c0, c1, scl = _coefficients(row, counted, red, go, go_rows, per_row_go, totals, eps, z,
+                                        v, swq, lse, np.float64(ms))
+            _row_gradient(xe, xw, k0, base, base, base + v, tid, g, t, as_compute(mm, xe),
+                          as_compute(scl, xe), as_compute(c0, xe), as_compute(c1, xe), not counted,
+                          capc, one, pe, kind, w, weighted, ge, gw)
+
+
+# Few rows with many classes: each row is cut into ``splits`` segments of ``seg`` columns, one
+# block each, so that the whole GPU works on them. The segments' partial statistics are merged by
+# ``merge_kernel``, then ``split_gradient_kernel`` writes each segment's gradient.
+
+
+@cuda.jit
+def partials_kernel(xe, xw, k0, v, splits, seg, kind, targets, ignore, pe, w, weighted, cap,
+                    want_sy, parts):
+    """Block ``row * splits + part``: the statistics of one segment into ``parts[row, part]``."""
+    row = cuda.blockIdx.x // splits
+    part = cuda.blockIdx.x % splits
+    tid = cuda.threadIdx.x
+    g = cuda.blockDim.x
+    one = as_compute(1.0, xe)
+    capc = as_compute(cap, xe)
+    base = row * v
+    start = base + part * seg
+    end = min(base + v, start + seg)
+    t, counted = _target(targets, row, kind, ignore, v)
+    m = lowest(xe)
+    s = one - one
+    a = 0.0
+    b = 0.0
+    c = 0.0
+    if counted:
+        m, s, a, b, c = _row_stats(xe, xw, k0, base, start, end, tid, g, m, s, a, b, c, capc, one,
+                                   pe, kind, w, weighted, want_sy)
+    mm, ms, ma, mb, mc = group_merge(m, s, a, b, c, g)
+    if tid == 0:
+        parts[row, part, 0] = mm
+        parts[row, part, 1] = ms
+        parts[row, part, 2] = ma
+        parts[row, part, 3] = mb
+        parts[row, part, 4] = mc
+
+
+@cuda.jit
+def merge_kernel(xe, n, v, splits, kind, targets, ignore, w, weighted, cap, eps, z, totals, parts,
+                 rowms, stats, losses, write_loss):
+    """A thread per row: merges the row's segments in order; statistics, (m, s) and loss."""
+    row = cuda.grid(1)
+    if row >= n:
+        return
+    t, counted = _target(targets, row, kind, ignore, v)
+    m = parts[row, 0, 0]
+    s = parts[row, 0, 1]
+    a = parts[row, 0, 2]
+    b = parts[row, 0, 3]
+    c = parts[row, 0, 4]
+    for k in range(1, splits):
+        m, s, a, b, c = merge(m, s, a, b, c, parts[row, k, 0], parts[row, k, 1], parts[row, k, 2],
+                              parts[row, k, 3], parts[row, k, 4])
+    tw, ty = _target_terms(xe, w, weighted, t, row * v, as_compute(cap, xe), counted)
+    rowms[row, 0] = m
+    rowms[row, 1] = s
+    _finish_row(row, counted, m + _log(s), a + tw * ty, b + tw, c, eps, z, v, totals[2], stats,
+                losses, write_loss)
+
+
+@cuda.jit
+def split_gradient_kernel(xe, xw, k0, v, splits, seg, kind, targets, ignore, pe, w, weighted, cap,
+                          eps, z, red, go, go_rows, per_row_go, totals, bad, stats, rowms, ge, gw):
+    """Block ``row * splits + part``: the gradient of one segment."""
+    if bad[0] >= 0:
+        return
+    row = cuda.blockIdx.x // splits
+    part = cuda.blockIdx.x % splits
+    base = row * v
+    start = base + part * seg
+    end = min(base + v, start + seg)
+    t, counted = _target(targets, row, kind, ignore, v)
+    c0, c1, scl = _coefficients(row, counted, red, go, go_rows, per_row_go, totals, eps, z, v,
+                                stats[row, 2], stats[row, 0], rowms[row, 1])
+    one = as_compute(1.0, xe)
+    _row_gradient(xe, xw, k0, base, start, end, cuda.threadIdx.x, cuda.blockDim.x, t,
+                  as_compute(rowms[row, 0], xe), as_compute(scl, xe), as_compute(c0, xe),
+                  as_compute(c1, xe), not counted, as_compute(cap, xe), one, pe, kind, w, weighted,
+                  ge, gw)
 
 
 @cuda.jit
@@ -393,4 +501,6 @@ def lse_kernel(stats, out):
 
 #: Every kernel, by name (the PTX tests compile each of them).
 KERNELS = {"targets_kernel": targets_kernel, "rows_kernel": rows_kernel,
-           "reduce_kernel": reduce_kernel, "lse_kernel": lse_kernel}
+           "partials_kernel": partials_kernel, "merge_kernel": merge_kernel,
+           "split_gradient_kernel": split_gradient_kernel, "reduce_kernel": reduce_kernel,
+           "lse_kernel": lse_kernel}

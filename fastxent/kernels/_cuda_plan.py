@@ -11,7 +11,7 @@ from ._cuda_kernels import INDEX, MEAN, NO_TARGETS, NONE, PROBS, SUM
 from ._groups import WARP
 
 REDUCTIONS = {"none": NONE, "sum": SUM, "mean": MEAN}
-__all__ = ["INDEX", "PROBS", "REDUCTIONS", "call", "lse_call", "grid", "words"]
+__all__ = ["INDEX", "PROBS", "REDUCTIONS", "call", "grid", "lse_call", "splits", "words"]
 
 
 def _address(a):
@@ -60,6 +60,24 @@ def grid(n, v, itemsize, fused, facts):
     return min(blocks, most), threads, group
 
 
+def splits(n, v, itemsize, facts):
+    """Segments per row: 1, or for few rows with many classes enough blocks to fill the GPU
+    (about two per multiprocessor), each of at least ``config.CUDA_SPLIT_MIN_COLUMNS`` columns."""
+    sms, _ = facts
+    if n >= sms or v * itemsize <= config.CUDA_WARP_ROW_BYTES:
+        return 1
+    return max(1, min(-(-2 * sms // n), v // config.CUDA_SPLIT_MIN_COLUMNS))
+
+
+def _row_launches(n, v, itemsize, fused, facts, row_args, split_args):
+    """The row kernel, or the three kernels of the split path for few rows."""
+    parts = splits(n, v, itemsize, facts)
+    if parts == 1:
+        blocks, threads, group = grid(n, v, itemsize, fused, facts)
+        return [("rows_kernel", blocks, threads, row_args(group))]
+    return split_args(parts, -(-v // parts))
+
+
 def call(x, kind, targets, ignore, probs, weight, eps, z, softcap, want_sy, reduction, go, go_rows,
          grad, out, scratch, dummy, facts):
     """The launches of one cross-entropy call, and the flag array ``bad``.
@@ -94,15 +112,35 @@ def call(x, kind, targets, ignore, probs, weight, eps, z, softcap, want_sy, redu
     stats = scratch((n, 4), np.float64)
     go_arr = go_rows if go_rows is not None else dummy(np.float64)
     weighted = weight is not None
+    cap = 0.0 if softcap is None else float(softcap)
+    eps, z, go, per_row = float(eps), float(z), float(go), go_rows is not None
     launches = [("targets_kernel", 1, config.CUDA_REDUCE_THREADS,
                  (tg, ignore, v, n, kind, w, weighted, totals, bad))]
+
+    def row_args(group):
+        return (xe, xw, k0, n, v, group, kind, tg, ignore, pe, w, weighted, cap, bool(want_sy),
+                eps, z, red, go, go_arr, per_row, totals, bad, stats, out, red == NONE, ge, gw,
+                grad is not None)
+
+    def split_args(parts, seg):
+        blocks, threads = n * parts, config.CUDA_BLOCK_THREADS
+        partials = scratch((n, parts, 5), np.float64)
+        rowms = scratch((n, 2), np.float64)
+        runs = [("partials_kernel", blocks, threads, (
+                    xe, xw, k0, v, parts, seg, kind, tg, ignore, pe, w, weighted, cap,
+                    bool(want_sy), partials)),
+                ("merge_kernel", -(-n // 128), 128, (
+                    xe, n, v, parts, kind, tg, ignore, w, weighted, cap, eps, z, totals, partials,
+                    rowms, stats, out, red == NONE))]
+        if grad is not None:
+            runs.append(("split_gradient_kernel", blocks, threads, (
+                xe, xw, k0, v, parts, seg, kind, tg, ignore, pe, w, weighted, cap, eps, z, red,
+                go, go_arr, per_row, totals, bad, stats, rowms, ge, gw)))
+        return runs
+
     if n:
-        blocks, threads, group = grid(n, v, x.dtype.itemsize, grad is not None, facts)
-        launches.append(("rows_kernel", blocks, threads, (
-            xe, xw, k0, n, v, group, kind, tg, ignore, pe, w, weighted,
-            0.0 if softcap is None else float(softcap), bool(want_sy), float(eps), float(z), red,
-            float(go), go_arr, go_rows is not None, totals, bad, stats, out, red == NONE, ge, gw,
-            grad is not None)))
+        launches += _row_launches(n, v, x.dtype.itemsize, grad is not None, facts, row_args,
+                                  split_args)
     if red != NONE:
         launches.append(("reduce_kernel", 1, config.CUDA_REDUCE_THREADS,
                          (stats, n, v, float(eps), float(z), red, totals, out)))
@@ -119,12 +157,22 @@ def lse_call(x, softcap, out, scratch, dummy, facts):
     compute = np.float64 if x.dtype == np.float64 else np.float32
     stats = scratch((n, 4), np.float64)
     totals = scratch((3,), np.float64)
-    blocks, threads, group = grid(n, v, x.dtype.itemsize, False, facts)
-    return [
-        ("rows_kernel", blocks, threads, (
-            xe, xw, k0, n, v, group, NO_TARGETS, dummy(np.int64), -1, dummy(x.dtype),
-            dummy(compute), False, 0.0 if softcap is None else float(softcap), False, 0.0, 0.0,
-            NONE, 1.0, dummy(np.float64), False, totals, dummy(np.int64), stats, dummy(compute),
-            False, xe, xw, False)),
-        ("lse_kernel", -(-n // 256), 256, (stats, out)),
-    ]
+    cap = 0.0 if softcap is None else float(softcap)
+    no_t, no_p, no_w, none64 = dummy(np.int64), dummy(x.dtype), dummy(compute), dummy(np.float64)
+
+    def row_args(group):
+        return (xe, xw, k0, n, v, group, NO_TARGETS, no_t, -1, no_p, no_w, False, cap, False, 0.0,
+                0.0, NONE, 1.0, none64, False, totals, dummy(np.int64), stats, dummy(compute),
+                False, xe, xw, False)
+
+    def split_args(parts, seg):
+        partials = scratch((n, parts, 5), np.float64)
+        return [("partials_kernel", n * parts, config.CUDA_BLOCK_THREADS, (
+                    xe, xw, k0, v, parts, seg, NO_TARGETS, no_t, -1, no_p, no_w, False, cap, False,
+                    partials)),
+                ("merge_kernel", -(-n // 128), 128, (
+                    xe, n, v, parts, NO_TARGETS, no_t, -1, no_w, False, cap, 0.0, 0.0, totals,
+                    partials, scratch((n, 2), np.float64), stats, dummy(compute), False))]
+
+    return _row_launches(n, v, x.dtype.itemsize, False, facts, row_args, split_args) + [
+        ("lse_kernel", -(-n // 256), 256, (stats, out))]
