@@ -121,10 +121,15 @@ class _Host(_Numba):
         return self.cuda.device_array(shape, _STORAGE[dname], stream=self.stream())
 
     def scalar(self, a):
-        return float(a.copy_to_host(stream=self.stream())[0])
+        return float(self.host(a)[0])
 
     def reshape(self, a, shape):
-        return a.copy_to_host(stream=self.stream()).reshape(shape)
+        return self.host(a).reshape(shape)
+
+    def host(self, a):
+        out = a.copy_to_host(stream=self.stream())
+        self.stream().synchronize()
+        return out
 
     def float64(self, a):
         return self.cuda.to_device(np.ascontiguousarray(a, dtype=np.float64), stream=self.stream())

@@ -110,10 +110,15 @@ def _grad_output(ad, value, reduction, lead):
 
 
 def _raise_bad_target(bad, targets, lead, n_classes, ignore, stream):
-    row = int(bad.copy_to_host(stream=stream)[0])
+    """The one wait of a call: the flag of ``targets_kernel``, read back after every launch."""
+    flag = bad.copy_to_host(stream=stream)
+    stream.synchronize()
+    row = int(flag[0])
     if row < 0:
         return
-    value = int(targets[row:row + 1].copy_to_host(stream=stream)[0])
+    value = targets[row:row + 1].copy_to_host(stream=stream)
+    stream.synchronize()
+    value = int(value[0])
     pos = np.unravel_index(row, lead) if lead else ()
     where = f"targets[{', '.join(map(str, pos))}]" if pos else "targets"
     raise IndexError(f"{where} = {value} is out of range: class indices must be in "
@@ -171,7 +176,7 @@ def cross_entropy(logits, targets, *, reduction, ignore_index, weight, label_smo
     if not grad:
         return loss
     if ad.kind == "host":  # copy the gradient back, into the caller's array where there is one
-        host = grad_view.copy_to_host(stream=stream).reshape(shape)
+        host = ad.host(grad_view).reshape(shape)
         target = logits if inplace else out
         if target is None:
             return loss, host.view(np.asarray(logits).dtype)

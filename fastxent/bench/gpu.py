@@ -27,7 +27,6 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 
 from . import report as _report
 from .machine import versions

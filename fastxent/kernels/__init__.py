@@ -18,4 +18,10 @@ A backend module provides
 
 Every statistic and option is defined once, in float64 NumPy, by :mod:`.reference`. The public
 functions in ``fastxent._api`` turn these statistics into losses; kernels never see user arguments.
+
+The CUDA backend (:mod:`.cuda`) computes the same statistics and gradient, but its results stay
+on the GPU, so its interface takes the whole call at once (``run``: statistics, gradient and the
+reduction of the losses, queued on a stream; ``logsumexp``), and ``fastxent._device`` is its
+``_api``. Its device code is in ``_cuda_kernels``, how it is launched in ``_cuda_plan`` (neither
+needs a GPU to import), the merge across threads in ``_groups`` and the 8-byte words in ``_lanes``.
 """

@@ -250,6 +250,26 @@ def _row_loss(lse, swqy, swq, swy, eps, z, v, wsum):
     return ce, zt
 
 
+@cuda.jit(**_DEVICE)
+def _block_reduce(value, take_min):
+    """The sum (with ``take_min``, the minimum) of a float64 over the threads of a one-block
+    kernel, as a tree in a fixed order; every thread gets it. All threads must call it."""
+    slots = cuda.shared.array(REDUCE_SLOTS, np.float64)
+    t = cuda.threadIdx.x
+    slots[t] = value
+    cuda.syncthreads()
+    half = cuda.blockDim.x // 2
+    while half > 0:
+        if t < half:
+            other = slots[t + half]
+            slots[t] = min(slots[t], other) if take_min else slots[t] + other
+        cuda.syncthreads()
+        half //= 2
+    total = slots[0]
+    cuda.syncthreads()  # the slots are free again for the next call
+    return total
+
+
 # --- kernels -------------------------------------------------------------------------------------
 
 
@@ -280,29 +300,15 @@ def targets_kernel(targets, ignore, v, n, kind, w, weighted, totals, bad):
     elif t == 0:
         cnt = np.float64(n)
         wsum = np.float64(n)
-    sc = cuda.shared.array(REDUCE_SLOTS, np.float64)
-    sw = cuda.shared.array(REDUCE_SLOTS, np.float64)
-    sa = cuda.shared.array(REDUCE_SLOTS, np.float64)
-    sf = cuda.shared.array(REDUCE_SLOTS, np.int64)
-    sc[t] = cnt
-    sw[t] = wsum
-    sa[t] = wall
-    sf[t] = first
-    cuda.syncthreads()
-    half = nt // 2
-    while half > 0:
-        if t < half:
-            sc[t] += sc[t + half]
-            sw[t] += sw[t + half]
-            sa[t] += sa[t + half]
-            sf[t] = min(sf[t], sf[t + half])
-        cuda.syncthreads()
-        half //= 2
+    cnt = _block_reduce(cnt, False)
+    wsum = _block_reduce(wsum, False)
+    wall = _block_reduce(wall, False)
+    first = _block_reduce(np.float64(first), True)
     if t == 0:
-        totals[0] = sc[0]
-        totals[1] = sw[0]
-        totals[2] = sa[0]
-        bad[0] = sf[0] if sf[0] < n else -1
+        totals[0] = cnt
+        totals[1] = wsum
+        totals[2] = wall
+        bad[0] = np.int64(first) if first < n else -1
 
 
 @cuda.jit(**_DEVICE)
@@ -472,23 +478,13 @@ def reduce_kernel(stats, n, v, eps, z, red, totals, out):
         ce, zt = _row_loss(stats[r, 0], stats[r, 1], stats[r, 2], stats[r, 3], eps, z, v, wsum)
         ce_sum += ce
         zt_sum += zt
-    sce = cuda.shared.array(REDUCE_SLOTS, np.float64)
-    szt = cuda.shared.array(REDUCE_SLOTS, np.float64)
-    sce[t] = ce_sum
-    szt[t] = zt_sum
-    cuda.syncthreads()
-    half = nt // 2
-    while half > 0:
-        if t < half:
-            sce[t] += sce[t + half]
-            szt[t] += szt[t + half]
-        cuda.syncthreads()
-        half //= 2
+    ce_sum = _block_reduce(ce_sum, False)
+    zt_sum = _block_reduce(zt_sum, False)
     if t == 0:
         if red == MEAN:
-            out[0] = _div(sce[0], totals[1]) + _div(szt[0], totals[0])
+            out[0] = _div(ce_sum, totals[1]) + _div(zt_sum, totals[0])
         else:
-            out[0] = sce[0] + szt[0]
+            out[0] = ce_sum + zt_sum
 
 
 @cuda.jit

@@ -53,55 +53,43 @@ def _shuffled_merge(m, s, a, b, c, size):
         return (cuda.shfl_sync(_FULL, m, 0), cuda.shfl_sync(_FULL, s, 0),
                 cuda.shfl_sync(_FULL, a, 0), cuda.shfl_sync(_FULL, b, 0),
                 cuda.shfl_sync(_FULL, c, 0))
-    sm = cuda.shared.array(WARP, float64)
-    ss = cuda.shared.array(WARP, float64)
-    sa = cuda.shared.array(WARP, float64)
-    sb = cuda.shared.array(WARP, float64)
-    sc = cuda.shared.array(WARP, float64)
-    warp = cuda.threadIdx.x // WARP
+    slots = cuda.shared.array((5, WARP), float64)
     if lane == 0:
-        sm[warp] = m
-        ss[warp] = s
-        sa[warp] = a
-        sb[warp] = b
-        sc[warp] = c
+        _put(slots, cuda.threadIdx.x // WARP, m, s, a, b, c)
     cuda.syncthreads()
-    m = sm[0]
-    s = ss[0]
-    a = sa[0]
-    b = sb[0]
-    c = sc[0]
-    for k in range(1, cuda.blockDim.x // WARP):
-        m, s, a, b, c = merge(m, s, a, b, c, sm[k], ss[k], sa[k],
-                              sb[k], sc[k])
+    merged = _merge_slots(slots, 0, cuda.blockDim.x // WARP)
     cuda.syncthreads()  # the slots are free again for the next call
-    return m, s, a, b, c
+    return merged
 
 
 @cuda.jit(device=True)
 def _shared_merge(m, s, a, b, c, size):
-    sm = cuda.shared.array(_MAX_THREADS, float64)
-    ss = cuda.shared.array(_MAX_THREADS, float64)
-    sa = cuda.shared.array(_MAX_THREADS, float64)
-    sb = cuda.shared.array(_MAX_THREADS, float64)
-    sc = cuda.shared.array(_MAX_THREADS, float64)
+    slots = cuda.shared.array((5, _MAX_THREADS), float64)
     t = cuda.threadIdx.x
-    sm[t] = m
-    ss[t] = s
-    sa[t] = a
-    sb[t] = b
-    sc[t] = c
+    _put(slots, t, m, s, a, b, c)
     cuda.syncthreads()
-    first = t - t % size
-    m = sm[first]
-    s = ss[first]
-    a = sa[first]
-    b = sb[first]
-    c = sc[first]
-    for k in range(first + 1, first + size):
-        m, s, a, b, c = merge(m, s, a, b, c, sm[k], ss[k], sa[k],
-                              sb[k], sc[k])
+    merged = _merge_slots(slots, t - t % size, size)
     cuda.syncthreads()
+    return merged
+
+
+@cuda.jit(device=True)
+def _put(slots, k, m, s, a, b, c):
+    slots[0, k] = m
+    slots[1, k] = s
+    slots[2, k] = a
+    slots[3, k] = b
+    slots[4, k] = c
+
+
+@cuda.jit(device=True)
+def _merge_slots(slots, first, count):
+    """The partials in slots ``[first, first + count)`` merged in order."""
+    m, s, a, b, c = slots[0, first], slots[1, first], slots[2, first], slots[3, first], \
+        slots[4, first]
+    for k in range(first + 1, first + count):
+        m, s, a, b, c = merge(m, s, a, b, c, slots[0, k], slots[1, k], slots[2, k], slots[3, k],
+                              slots[4, k])
     return m, s, a, b, c
 
 

@@ -10,8 +10,8 @@ are read as they are, one element per word) and take the elements out here.
 ``uint16`` bfloat16, ``int16`` float16, ``float32``, ``float64``. Each helper is an overload for
 the CUDA target, and its Python body does the same on NumPy scalars, which is what runs in Numba's
 CUDA simulator. ``decode``, ``encode`` and ``compute`` are the CPU kernels' ``load``, ``store`` and
-``as_compute`` (``_numeric``) for the CUDA target: the CPU overloads are inlined at the level of
-Numba's IR, which the CUDA target does not lower.
+``as_compute`` (``_numeric``, same implementations) registered for the CUDA target: the CPU
+registrations are inlined at the level of Numba's IR, which the CUDA target does not lower.
 """
 
 import numpy as np
@@ -19,63 +19,31 @@ from numba import types
 from numba.cuda.extending import overload
 
 from . import _numeric
-from ._numeric import _f16_to_f32, _f32_from_bits, _f32_to_bits, _f32_to_f16
+from ._numeric import _f16_to_f32, _f32_from_bits, _f32_to_bits
 
-_INLINE = {}
 
 
 def decode(v):
-    """Element of a storage view → compute type."""
+    """Element of a storage view → compute type (``_numeric.load`` for the CUDA target)."""
     return _numeric.load(v)
 
 
-@overload(decode, **_INLINE)
-def _decode_impl(v):
-    if v == types.uint16:
-        return lambda v: _f32_from_bits(np.uint32(v) << np.uint32(16))
-    if v == types.int16:
-        return lambda v: _f16_to_f32(v)
-    if v == types.float32 or v == types.float64:
-        return lambda v: v
-    return None
+def encode(g, dst):
+    """Compute-type value → the element type of the storage view ``dst``, rounded to nearest
+    even (``_numeric.store`` for the CUDA target)."""
+    return _numeric.store(g, dst)
 
 
-def encode(g, like):
-    """Compute-type value → the element type of the storage view ``like``, rounded to nearest
-    even."""
-    return _numeric.store(g, like)
+def compute(v, a):
+    """``v`` in the compute type of ``a`` (``_numeric.as_compute`` for the CUDA target)."""
+    return _numeric.as_compute(v, a)
 
 
-@overload(encode, **_INLINE)
-def _encode_impl(g, like):
-    kind = like.dtype
-    if kind == types.uint16:
-        def to_bf16(g, like):
-            f = np.float32(g)
-            bits = _f32_to_bits(f)
-            rounded = np.uint16((bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1)))
-                                >> np.uint32(16))
-            return np.uint16(0x7FC0) if f != f else rounded
-        return to_bf16
-    if kind == types.int16:
-        return lambda g, like: _f32_to_f16(np.float32(g))
-    if kind == types.float32:
-        return lambda g, like: np.float32(g)
-    if kind == types.float64:
-        return lambda g, like: np.float64(g)
-    return None
+overload(decode)(_numeric.load_impl)
+overload(encode)(_numeric.store_impl)
+overload(compute)(_numeric.as_compute_impl)
 
 
-def compute(v, like):
-    """``v`` in the compute type of ``like`` (float64 for float64 arrays, else float32)."""
-    return _numeric.as_compute(v, like)
-
-
-@overload(compute, **_INLINE)
-def _compute_impl(v, like):
-    if like.dtype == types.float64:
-        return lambda v, like: np.float64(v)
-    return lambda v, like: np.float32(v)
 _U64 = np.uint64
 _MASK16 = np.uint64(0xFFFF)
 _MASK32 = np.uint64(0xFFFFFFFF)
@@ -86,7 +54,7 @@ def lanes(like):
     return 8 // like.dtype.itemsize
 
 
-@overload(lanes, **_INLINE)
+@overload(lanes)
 def _lanes_impl(like):
     n = 64 // like.dtype.bitwidth
     return lambda like: n
@@ -99,7 +67,7 @@ def lowest(like):
         np.float32(np.finfo(np.float32).min)
 
 
-@overload(lowest, **_INLINE)
+@overload(lowest)
 def _lowest_impl(like):
     if like.dtype == types.float64:
         v = np.float64(np.finfo(np.float64).min)
@@ -108,23 +76,12 @@ def _lowest_impl(like):
     return lambda like: v
 
 
-def zero(like):
-    """0 in the compute type of ``like``."""
-    return np.float64(0.0) if like.dtype == np.float64 else np.float32(0.0)
-
-
-@overload(zero, **_INLINE)
-def _zero_impl(like):
-    v = np.float64(0.0) if like.dtype == types.float64 else np.float32(0.0)
-    return lambda like: v
-
-
 def empty_word(like):
     """A word with every lane zero bits (float64 arrays: the float 0.0)."""
     return np.float64(0.0) if like.dtype == np.float64 else _U64(0)
 
 
-@overload(empty_word, **_INLINE)
+@overload(empty_word)
 def _empty_word_impl(like):
     if like.dtype == types.float64:
         return lambda like: np.float64(0.0)
@@ -141,7 +98,7 @@ def get(word, j, like):
     return decode(np.uint16(bits).view(like.dtype))
 
 
-@overload(get, **_INLINE)
+@overload(get)
 def _get_impl(word, j, like):
     kind = like.dtype
     if kind == types.float64:
@@ -168,7 +125,7 @@ def put(word, j, g, like):
     return word | (bits << _U64(like.dtype.itemsize * 8 * j))
 
 
-@overload(put, **_INLINE)
+@overload(put)
 def _put_impl(word, j, g, like):
     kind = like.dtype
     if kind == types.float64:

@@ -213,8 +213,7 @@ def load(v):
     return v
 
 
-@overload(load, inline="always")
-def _load_impl(v):
+def load_impl(v):
     if v == types.uint16:
         return lambda v: _f32_from_bits(np.uint32(v) << np.uint32(16))
     if v == types.int16:
@@ -241,8 +240,7 @@ def store(g, dst):
 _BF16_NAN = np.uint16(0x7FC0)
 
 
-@overload(store, inline="always")
-def _store_impl(g, dst):
+def store_impl(g, dst):
     like = dst.dtype
     if like == types.uint16:
         def to_bf16(g, dst):
@@ -316,8 +314,15 @@ def as_compute(v, a):
     return np.float64(v) if a.dtype == np.float64 else np.float32(v)
 
 
-@overload(as_compute, inline="always")
-def _as_compute_impl(v, a):
+def as_compute_impl(v, a):
     if a.dtype == types.float64:
         return lambda v, a: np.float64(v)
     return lambda v, a: np.float32(v)
+
+
+# The implementations above, chosen by type, serve the CPU kernels here (inlined at the level of
+# Numba's IR) and the CUDA kernels (``_lanes`` registers them for the CUDA target).
+overload(load, inline="always")(load_impl)
+overload(store, inline="always")(store_impl)
+overload(as_compute, inline="always")(as_compute_impl)
+
