@@ -1,0 +1,275 @@
+"""PyTorch drop-ins: ``cross_entropy`` with the signature and results of
+``torch.nn.functional.cross_entropy``, differentiable by autograd, and ``CrossEntropyLoss``.
+
+CPU tensors go to the Numba CPU backend through zero-copy NumPy views (bfloat16 included, through
+``ml_dtypes``); CUDA tensors go to the CUDA backend on PyTorch's current stream. The loss has the
+input's dtype and device, as PyTorch's.
+
+Autograd: the forward pass runs the fused kernel and keeps the gradient for the backward pass,
+which only scales it by the upstream gradient when that is not 1 (``loss.backward()`` passes 1).
+The kernel is a ``torch.library`` custom operator (``fastxent::cross_entropy``) with a fake
+implementation, so ``torch.compile`` traces through it without a graph break.
+The other way, keeping O(N) statistics and writing the gradient in backward, reads the logits
+once more: on the reference batch of the CPU backend (N=2048, V=131072 float32) the statistics
+pass takes about 42 ms and the fused pass about 71 ms, so forward + backward would cost about
+113 ms against 71 ms, for the same peak memory in a training step (the gradient exists from the
+end of the forward pass instead of from the start of the backward pass, and nothing runs in
+between).
+
+``inplace_backward=True`` writes the gradient over the logits in the forward pass (no memory of
+the logits' size at all); it is an ``autograd.Function`` (``torch.compile`` breaks the graph
+there). Autograd sees the mutation: the logits' version counter moves, so an
+operation that saved them for its own backward pass raises there, and a differentiable use of the
+overwritten logits after the call raises in the backward pass. A non-differentiable read (an
+``argmax`` for accuracy) cannot be caught: take it before the call.
+"""
+
+import numbers
+from typing import Optional, Tuple
+
+import numpy as np
+import torch
+
+from . import _api, _dtypes
+
+__all__ = ["CrossEntropyLoss", "cross_entropy"]
+
+_REDUCTIONS = ("mean", "sum", "none")
+
+
+def _legacy_reduction(size_average, reduce):
+    """PyTorch's rule for the deprecated ``size_average`` / ``reduce`` arguments."""
+    size_average = True if size_average is None else size_average
+    reduce = True if reduce is None else reduce
+    if size_average and reduce:
+        return "mean"
+    return "sum" if reduce else "none"
+
+
+def _host(t):
+    """A zero-copy NumPy view of a CPU tensor (bfloat16 through ``ml_dtypes``)."""
+    if t.dtype == torch.bfloat16:
+        import ml_dtypes
+        return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    return t.numpy()
+
+
+def _arrays(t):
+    """What fastxent's functions take for a tensor: itself on a GPU, a NumPy view on the CPU."""
+    return t if t.is_cuda else _host(t)
+
+
+def _tensor(a, like):
+    """fastxent's result as a tensor on ``like``'s device (zero-copy for NumPy arrays)."""
+    if isinstance(a, torch.Tensor):
+        return a
+    if isinstance(a, numbers.Real):
+        return torch.tensor(a, dtype=torch.float64)
+    if _dtypes.name(a.dtype) == "bfloat16":
+        return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(a if a.flags.c_contiguous else a.copy())
+
+
+def _fused_call(logits, targets, weight, options, inplace):
+    """fastxent's fused kernel on tensors: (loss tensor in the logits' dtype, gradient or None)."""
+    x = logits.detach()
+    if not x.is_contiguous():
+        x = x.contiguous()  # the kernels read rows as contiguous memory
+    w = None if weight is None else _arrays(weight.detach())
+    loss, grad = _api.cross_entropy_with_grad(_arrays(x), _arrays(targets.detach()), weight=w,
+                                              inplace=inplace, **options)
+    loss = _tensor(loss, logits).to(device=logits.device, dtype=logits.dtype)
+    return loss, (None if inplace else _tensor(grad, logits))
+
+
+def _no_double_backward():
+    if torch.is_grad_enabled() and not torch.compiler.is_compiling():
+        # backward(create_graph=True), autograd.grad(create_graph=True)
+        raise RuntimeError("fastxent.torch.cross_entropy has no double backward: its gradient "
+                           "comes from a fused kernel, not from differentiable operations; call "
+                           "backward without create_graph=True, or use "
+                           "torch.nn.functional.cross_entropy where second derivatives are needed")
+
+
+def _scaled(grad, grad_loss, reduction):
+    """The saved gradient times the upstream one. Eagerly in place, and not at all when the
+    upstream gradient is 1 (what ``loss.backward()`` passes): one value read back, against a pass
+    over the gradient. When traced (``torch.compile``, or any tensor subclass such as the fake
+    tensors of tracing), a plain product that the compiler can fuse."""
+    go = grad_loss.to(grad.dtype)
+    if reduction == "none":
+        go = go.unsqueeze(-1)
+    traced = (torch.compiler.is_compiling() or type(grad) is not torch.Tensor
+              or type(grad_loss) is not torch.Tensor)
+    if traced:
+        return grad * go
+    if reduction == "none" or float(go) != 1.0:
+        grad.mul_(go)
+    return grad
+
+
+@torch.library.custom_op("fastxent::cross_entropy", mutates_args=())
+def _cross_entropy_op(logits: torch.Tensor, targets: torch.Tensor, weight: Optional[torch.Tensor],
+                      reduction: str, ignore_index: int, label_smoothing: float, z_loss: float,
+                      softcap: Optional[float]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(loss, gradient of the loss) of class-last logits: fastxent's fused kernel as an operator
+    that ``torch.compile`` traces through."""
+    return _fused_call(logits, targets, weight, dict(
+        reduction=reduction, ignore_index=ignore_index, label_smoothing=label_smoothing,
+        z_loss=z_loss, softcap=softcap), False)
+
+
+@_cross_entropy_op.register_fake
+def _cross_entropy_fake(logits, targets, weight, reduction, ignore_index, label_smoothing, z_loss,
+                        softcap):
+    shape = logits.shape[:-1] if reduction == "none" else ()
+    return logits.new_empty(shape), torch.empty_like(logits, memory_format=torch.contiguous_format)
+
+
+def _op_setup(ctx, inputs, output):
+    ctx.reduction = inputs[3]
+    ctx.save_for_backward(output[1])
+
+
+def _op_backward(ctx, grad_loss, _grad_of_grad):
+    _no_double_backward()
+    (grad,) = ctx.saved_tensors
+    return _scaled(grad, grad_loss, ctx.reduction), None, None, None, None, None, None, None
+
+
+_cross_entropy_op.register_autograd(_op_backward, setup_context=_op_setup)
+
+
+class _InplaceCrossEntropy(torch.autograd.Function):
+    """``inplace_backward=True``: the fused kernel writes the gradient over the logits in the
+    forward pass, which autograd is told about (``mark_dirty``)."""
+
+    @staticmethod
+    def forward(ctx, logits, targets, weight, options):
+        loss, _ = _fused_call(logits, targets, weight, options, True)
+        ctx.reduction = options["reduction"]
+        # autograd bumps the logits' version; saved, they raise if anything changes them again
+        ctx.mark_dirty(logits)
+        ctx.save_for_backward(logits)
+        return loss, logits
+
+    @staticmethod
+    def backward(ctx, grad_loss, grad_dirty):
+        _no_double_backward()
+        if grad_dirty is not None and bool(torch.any(grad_dirty != 0)):
+            raise RuntimeError("fastxent.torch.cross_entropy(..., inplace_backward=True) wrote the "
+                               "gradient over the logits, and the logits were then used by an "
+                               "operation being differentiated; take what you need from them "
+                               "before the call, or leave inplace_backward=False")
+        (grad,) = ctx.saved_tensors
+        if grad_loss is None:
+            return None, None, None, None
+        return _scaled(grad, grad_loss, ctx.reduction), None, None, None
+
+
+def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-100, reduce=None,
+                  reduction="mean", label_smoothing=0.0, *, z_loss=0.0, softcap=None,
+                  inplace_backward=False):
+    """``torch.nn.functional.cross_entropy``, computed by fastxent's fused kernels.
+
+    Parameters
+    ----------
+    input : Tensor
+        Logits of shape ``(C,)``, ``(N, C)`` or ``(N, C, d1, ..., dK)`` (classes at dim 1, as
+        PyTorch), float32, float64, float16 or bfloat16, on the CPU or a CUDA device.
+    target : Tensor
+        Class indices of the input's shape without the class dimension, or probabilities of the
+        input's shape.
+    weight, ignore_index, reduction, label_smoothing, size_average, reduce
+        As ``torch.nn.functional.cross_entropy``.
+    z_loss : float
+        Adds ``z_loss * logsumexp**2`` per non-ignored row (averaged over those rows for "mean").
+    softcap : float, optional
+        Applies ``softcap * tanh(input / softcap)`` first.
+    inplace_backward : bool
+        Write the gradient over ``input`` in the forward pass: no memory of the input's size. Needs
+        the classes in the last dimension (``(C,)`` or ``(N, C)``), contiguous, and an input that
+        is not a leaf requiring grad. See the module's notes on what autograd then checks.
+
+    Returns
+    -------
+    Tensor
+        The loss, in the input's dtype and on its device: 0-d, or for ``reduction="none"`` the
+        shape of the input without the class dimension.
+
+    Examples
+    --------
+    >>> import torch, fastxent.torch as fxt
+    >>> logits = torch.tensor([[2.0, 1.0, 0.1]], requires_grad=True)
+    >>> loss = fxt.cross_entropy(logits, torch.tensor([0]))
+    >>> round(loss.item(), 4)
+    0.417
+    >>> loss.backward()
+    >>> logits.grad
+    tensor([[-0.3410,  0.2424,  0.0986]])
+    """
+    if size_average is not None or reduce is not None:
+        reduction = _legacy_reduction(size_average, reduce)
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"reduction={reduction!r} is not one of "
+                         f"{', '.join(map(repr, _REDUCTIONS))}")
+    if not isinstance(input, torch.Tensor) or not isinstance(target, torch.Tensor):
+        raise TypeError("input and target must be tensors, got "
+                        f"{type(input).__name__} and {type(target).__name__}")
+    if input.dim() == 0:
+        raise ValueError("input must have the classes in dimension 0 (C,) or 1 (N, C, ...), got "
+                         "a 0-d tensor")
+    probs = target.is_floating_point()
+    x = input if input.dim() <= 2 else input.movedim(1, -1)
+    t = target if not (probs and target.dim() > 2) else target.movedim(1, -1)
+    if inplace_backward and (input.dim() > 2 or not input.is_contiguous()):
+        raise ValueError("inplace_backward=True needs contiguous input with the classes in the "
+                         f"last dimension, (C,) or (N, C); got shape {tuple(input.shape)}"
+                         + ("" if input.is_contiguous() else " (not contiguous)"))
+    if inplace_backward:
+        options = dict(reduction=reduction, ignore_index=ignore_index,
+                       label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap)
+        loss, _ = _InplaceCrossEntropy.apply(x, t, weight, options)
+        return loss
+    loss, _ = _cross_entropy_op(x, t, weight, reduction, int(ignore_index),
+                                float(label_smoothing), float(z_loss),
+                                None if softcap is None else float(softcap))
+    return loss
+
+
+class CrossEntropyLoss(torch.nn.Module):
+    """``torch.nn.CrossEntropyLoss`` computed by :func:`cross_entropy` (same arguments, plus
+    ``z_loss``, ``softcap`` and ``inplace_backward``).
+
+    Examples
+    --------
+    >>> import torch, fastxent.torch as fxt
+    >>> criterion = fxt.CrossEntropyLoss(label_smoothing=0.1)
+    >>> round(criterion(torch.zeros(2, 4), torch.tensor([1, 3])).item(), 6)
+    1.386294
+    """
+
+    def __init__(self, weight=None, size_average=None, ignore_index=-100, reduce=None,
+                 reduction="mean", label_smoothing=0.0, *, z_loss=0.0, softcap=None,
+                 inplace_backward=False):
+        super().__init__()
+        if size_average is not None or reduce is not None:
+            reduction = _legacy_reduction(size_average, reduce)
+        self.register_buffer("weight", weight)
+        self.ignore_index = ignore_index
+        self.reduction = reduction
+        self.label_smoothing = label_smoothing
+        self.z_loss = z_loss
+        self.softcap = softcap
+        self.inplace_backward = inplace_backward
+
+    def forward(self, input, target):
+        return cross_entropy(input, target, weight=self.weight, ignore_index=self.ignore_index,
+                             reduction=self.reduction, label_smoothing=self.label_smoothing,
+                             z_loss=self.z_loss, softcap=self.softcap,
+                             inplace_backward=self.inplace_backward)
+
+    def extra_repr(self):
+        return (f"ignore_index={self.ignore_index}, reduction={self.reduction!r}, "
+                f"label_smoothing={self.label_smoothing}, z_loss={self.z_loss}, "
+                f"softcap={self.softcap}, inplace_backward={self.inplace_backward}")

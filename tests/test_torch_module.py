@@ -1,0 +1,251 @@
+"""fastxent.torch: ``cross_entropy`` and ``CrossEntropyLoss`` against ``torch.nn.functional`` on
+the same values (PyTorch in float64 on up-cast inputs), through autograd: shapes (C,), (N, C),
+(N, C, d1, d2), every dtype and option, probability targets, legacy arguments, non-contiguous
+inputs, empty and all-ignored batches, the in-place mode's safety, double backward, a training
+loop."""
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+F = torch.nn.functional
+fxt = pytest.importorskip("fastxent.torch")
+
+from test_torch_parity import torch_loss_and_grad  # noqa: E402
+
+pytestmark = pytest.mark.torch
+
+DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+#: one rounding of each format: losses and gradients come back in the input's dtype
+ROUND = {torch.float32: 0.0, torch.float64: 0.0, torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11}
+TOL = {torch.float32: 1e-6, torch.float64: 1e-12, torch.bfloat16: 1e-6, torch.float16: 1e-6}
+SHAPES = {"unbatched": ((11,), ()), "batch": ((6, 11), (6,)), "k-d": ((3, 11, 2, 4), (3, 2, 4))}
+OPTIONS = {
+    "plain": dict(),
+    "weight-ignore-sum": dict(weight=True, ignore_index=2, reduction="sum"),
+    "smoothing": dict(label_smoothing=0.15),
+    "none": dict(reduction="none"),
+    "weight-smoothing-mean": dict(weight=True, label_smoothing=0.3, ignore_index=4),
+}
+
+
+def _inputs(gen, shape, tshape, dtype, probs=False):
+    x = (torch.randn(*shape, generator=gen, dtype=torch.float64) * 3).to(dtype)
+    if probs:
+        t = torch.softmax(torch.randn(*shape, generator=gen, dtype=torch.float64), dim=min(
+            1, len(shape) - 1)).to(dtype)
+    else:
+        t = torch.randint(0, shape[min(1, len(shape) - 1)], tshape, generator=gen)
+    return x, t
+
+
+def _both(x, t, grad_output=None, **options):
+    """(fastxent's loss, its gradient) and PyTorch's (float64 on the same values)."""
+    a = x.detach().clone().requires_grad_()
+    b = x.detach().double().requires_grad_()
+    opts = dict(options)
+    w = opts.pop("weight", None)
+    la = fxt.cross_entropy(a, t, weight=w, **opts)
+    tb = t.double() if t.is_floating_point() else t
+    lb = F.cross_entropy(b, tb, weight=None if w is None else w.double(), **opts)
+    # the upstream gradient reaches the loss in its dtype, on both sides
+    go = torch.ones_like(lb) if grad_output is None else grad_output.to(x.dtype).double()
+    (la * go.to(la.dtype)).sum().backward()
+    (lb * go).sum().backward()
+    return la, a.grad, lb, b.grad
+
+
+def _check(la, ga, lb, gb, dtype, roundings=1):
+    """Loss and gradient in the input's dtype, within the tolerances plus ``roundings`` roundings
+    of the format (two for reduction="none": the gradient is rounded in the forward pass, then
+    scaled by the upstream gradient in the backward pass)."""
+    assert la.dtype == dtype and la.shape == lb.shape
+    assert ga.dtype == dtype and ga.shape == gb.shape
+    rtol = TOL[dtype] + ROUND[dtype]
+    torch.testing.assert_close(la.double(), lb, rtol=rtol, atol=rtol * 4, equal_nan=True)
+    torch.testing.assert_close(ga.double(), gb, rtol=roundings * ROUND[dtype], atol=TOL[dtype],
+                               equal_nan=True)
+
+
+@pytest.fixture
+def gen(request):
+    return torch.Generator().manual_seed(sum(map(ord, request.node.nodeid)))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("layout", SHAPES)
+@pytest.mark.parametrize("name", OPTIONS)
+def test_matches_functional_cross_entropy(gen, dtype, layout, name):
+    shape, tshape = SHAPES[layout]
+    x, t = _inputs(gen, shape, tshape, dtype)
+    opts = dict(OPTIONS[name])
+    c = shape[min(1, len(shape) - 1)]
+    if opts.get("weight"):
+        opts["weight"] = torch.rand(c, generator=gen, dtype=torch.float64).to(torch.float32) + 0.5
+    go = None
+    if opts.get("reduction") == "none":
+        go = torch.rand(tshape, generator=gen, dtype=torch.float64) + 0.5
+    _check(*_both(x, t, grad_output=go, **opts), dtype, roundings=2 if go is not None else 1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("layout", SHAPES)
+def test_probability_targets(gen, dtype, layout):
+    shape, tshape = SHAPES[layout]
+    x, q = _inputs(gen, shape, tshape, dtype, probs=True)
+    _check(*_both(x, q, label_smoothing=0.1), dtype)
+
+
+def test_z_loss_and_softcap(gen):
+    x, t = _inputs(gen, (6, 11), (6,), torch.float64)
+    t[1] = -100
+    a = x.clone().requires_grad_()
+    loss = fxt.cross_entropy(a, t, z_loss=1e-3, softcap=5.0)
+    loss.backward()
+    want, want_grad = torch_loss_and_grad(x.numpy(), t.numpy(), z_loss=1e-3, softcap=5.0)
+    np.testing.assert_allclose(loss.item(), want, rtol=1e-12)
+    np.testing.assert_allclose(a.grad.numpy(), want_grad, atol=1e-12)
+
+
+@pytest.mark.filterwarnings("ignore:size_average and reduce args will be deprecated")
+def test_legacy_reduction_arguments(gen):
+    x, t = _inputs(gen, (6, 11), (6,), torch.float32)
+    for size_average, reduce in [(False, None), (None, False), (True, True)]:
+        torch.testing.assert_close(
+            fxt.cross_entropy(x, t, size_average=size_average, reduce=reduce),
+            F.cross_entropy(x, t, size_average=size_average, reduce=reduce))
+
+
+def test_non_contiguous_input(gen):
+    x, t = _inputs(gen, (11, 6), (6,), torch.float32)
+    _check(*_both(x.t(), t, label_smoothing=0.1), torch.float32)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_empty_and_all_ignored_batches(reduction):
+    for x, t in [(torch.randn(0, 5), torch.zeros(0, dtype=torch.long)),
+                 (torch.randn(3, 5), torch.full((3,), -100))]:
+        la, ga, lb, gb = _both(x, t, reduction=reduction)
+        torch.testing.assert_close(la.double(), lb, equal_nan=True)
+        assert not ga.any()
+
+
+def test_out_of_range_target_raises():
+    with pytest.raises(IndexError, match=r"targets\[1\] = 9"):
+        fxt.cross_entropy(torch.randn(2, 5), torch.tensor([0, 9]))
+
+
+def test_module_matches_nn_cross_entropy_loss(gen):
+    x, t = _inputs(gen, (6, 11), (6,), torch.float32)
+    w = torch.rand(11, generator=gen) + 0.5
+    ours = fxt.CrossEntropyLoss(weight=w, label_smoothing=0.1, ignore_index=3)
+    theirs = torch.nn.CrossEntropyLoss(weight=w, label_smoothing=0.1, ignore_index=3)
+    torch.testing.assert_close(ours(x, t), theirs(x, t))
+    assert "label_smoothing=0.1" in repr(ours)
+    assert torch.equal(ours.state_dict()["weight"], w)
+
+
+# --- in place -------------------------------------------------------------------------------------
+
+
+def _model(gen):
+    lin = torch.nn.Linear(8, 11)
+    with torch.no_grad():
+        lin.weight.copy_(torch.randn(11, 8, generator=gen))
+        lin.bias.zero_()
+    return lin
+
+
+def test_inplace_backward_gives_the_same_gradients(gen):
+    h = torch.randn(6, 8, generator=gen)
+    t = torch.randint(0, 11, (6,), generator=gen)
+    grads = []
+    for inplace in (False, True):
+        lin = _model(torch.Generator().manual_seed(1))
+        logits = lin(h)
+        loss = fxt.cross_entropy(logits, t, label_smoothing=0.1, inplace_backward=inplace)
+        (3 * loss).backward()
+        grads.append((loss.detach(), lin.weight.grad.clone()))
+    torch.testing.assert_close(grads[0][0], grads[1][0])
+    torch.testing.assert_close(grads[0][1], grads[1][1], rtol=1e-6, atol=1e-6)
+
+
+def test_inplace_backward_refuses_leaves_and_k_d_inputs(gen):
+    x = torch.randn(6, 11, requires_grad=True)
+    t = torch.randint(0, 11, (6,))
+    with pytest.raises(RuntimeError, match="leaf"):
+        fxt.cross_entropy(x, t, inplace_backward=True)
+    with pytest.raises(ValueError, match="inplace_backward=True needs contiguous input"):
+        fxt.cross_entropy(torch.randn(2, 11, 3), torch.zeros(2, 3, dtype=torch.long),
+                          inplace_backward=True)
+
+
+def test_overwritten_logits_cannot_be_differentiated_through(gen):
+    lin = _model(gen)
+    t = torch.randint(0, 11, (6,), generator=gen)
+    logits = lin(torch.randn(6, 8, generator=gen))
+    loss = fxt.cross_entropy(logits, t, inplace_backward=True)
+    with pytest.raises(RuntimeError, match="wrote the gradient over the logits"):
+        (loss + logits.sum()).backward()
+    logits = lin(torch.randn(6, 8, generator=gen))
+    square = (logits * logits).sum()  # saves the logits for its backward pass
+    loss = fxt.cross_entropy(logits, t, inplace_backward=True)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        (loss + square).backward()
+
+
+def test_double_backward_raises():
+    x = torch.randn(4, 5, dtype=torch.float64, requires_grad=True)
+    loss = fxt.cross_entropy(x, torch.tensor([0, 1, 2, 3]))
+    with pytest.raises(RuntimeError, match="has no double backward"):
+        torch.autograd.grad(loss, x, create_graph=True)
+
+
+def test_training_loop_follows_functional_cross_entropy():
+    losses = {}
+    for name, fn in (("fastxent", fxt.cross_entropy), ("torch", F.cross_entropy)):
+        gen = torch.Generator().manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.Tanh(),
+                                    torch.nn.Linear(32, 50))
+        for p in model.parameters():
+            with torch.no_grad():
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+        opt = torch.optim.SGD(model.parameters(), lr=0.5)
+        x = torch.randn(64, 16, generator=gen)
+        t = torch.randint(0, 50, (64,), generator=gen)
+        curve = []
+        for _ in range(25):
+            opt.zero_grad()
+            loss = fn(model(x), t, label_smoothing=0.05)
+            loss.backward()
+            opt.step()
+            curve.append(loss.item())
+        losses[name] = curve
+    assert losses["fastxent"][-1] < losses["fastxent"][0] / 2
+    np.testing.assert_allclose(losses["fastxent"], losses["torch"], rtol=1e-5)
+
+
+# --- the custom operator ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_custom_op_passes_opcheck(gen, reduction):
+    from fastxent.torch import _cross_entropy_op
+    x = torch.randn(6, 11, generator=gen, requires_grad=True)
+    t = torch.randint(0, 11, (6,), generator=gen)
+    w = torch.rand(11, generator=gen) + 0.5
+    results = torch.library.opcheck(_cross_entropy_op, (x, t, w, reduction, 3, 0.1, 1e-4, 30.0))
+    assert set(results.values()) == {"SUCCESS"}, results
+
+
+def test_torch_compile_traces_without_graph_break(gen):
+    def step(logits, targets):
+        return fxt.cross_entropy(logits * 2.0, targets, label_smoothing=0.1)
+
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    x = torch.randn(6, 11, generator=gen)
+    t = torch.randint(0, 11, (6,), generator=gen)
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    (compiled(a, t) * 3).backward()
+    (step(b, t) * 3).backward()
+    torch.testing.assert_close(a.grad, b.grad)
