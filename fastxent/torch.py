@@ -129,6 +129,9 @@ def _cross_entropy_fake(logits, targets, weight, reduction, ignore_index, label_
 def _op_setup(ctx, inputs, output):
     ctx.reduction = inputs[3]
     ctx.save_for_backward(output[1])
+    # the gradient output is not differentiated through: no zeros of the logits' size for it
+    ctx.mark_non_differentiable(output[1])
+    ctx.set_materialize_grads(False)
 
 
 def _op_backward(ctx, grad_loss, _grad_of_grad):
@@ -138,6 +141,25 @@ def _op_backward(ctx, grad_loss, _grad_of_grad):
 
 
 _cross_entropy_op.register_autograd(_op_backward, setup_context=_op_setup)
+
+
+@torch.library.custom_op("fastxent::cross_entropy_forward", mutates_args=())
+def _forward_op(logits: torch.Tensor, targets: torch.Tensor, weight: Optional[torch.Tensor],
+                reduction: str, ignore_index: int, label_smoothing: float, z_loss: float,
+                softcap: Optional[float]) -> torch.Tensor:
+    """The loss alone (one read of the logits): for calls that need no gradient."""
+    x = logits if logits.is_contiguous() else logits.contiguous()
+    loss = _api.cross_entropy(_arrays(x), _arrays(targets),
+                              weight=None if weight is None else _arrays(weight),
+                              reduction=reduction, ignore_index=ignore_index,
+                              label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap)
+    return _tensor(loss, logits).to(device=logits.device, dtype=logits.dtype)
+
+
+@_forward_op.register_fake
+def _forward_fake(logits, targets, weight, reduction, ignore_index, label_smoothing, z_loss,
+                  softcap):
+    return logits.new_empty(logits.shape[:-1] if reduction == "none" else ())
 
 
 class _InplaceCrossEntropy(torch.autograd.Function):
@@ -231,9 +253,11 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
                        label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap)
         loss, _ = _InplaceCrossEntropy.apply(x, t, weight, options)
         return loss
-    loss, _ = _cross_entropy_op(x, t, weight, reduction, int(ignore_index),
-                                float(label_smoothing), float(z_loss),
-                                None if softcap is None else float(softcap))
+    args = (x, t, weight, reduction, int(ignore_index), float(label_smoothing), float(z_loss),
+            None if softcap is None else float(softcap))
+    if not (torch.is_grad_enabled() and input.requires_grad):
+        return _forward_op(*args)  # no gradient wanted: the statistics pass alone
+    loss, _ = _cross_entropy_op(*args)
     return loss
 
 

@@ -238,6 +238,20 @@ def test_custom_op_passes_opcheck(gen, reduction):
     assert set(results.values()) == {"SUCCESS"}, results
 
 
+def test_forward_only_calls(gen):
+    from fastxent.torch import _forward_op
+    x = torch.randn(6, 11, generator=gen)
+    t = torch.randint(0, 11, (6,), generator=gen)
+    torch.testing.assert_close(fxt.cross_entropy(x, t, reduction="none"),
+                               F.cross_entropy(x, t, reduction="none"))
+    with torch.no_grad():
+        loss = fxt.cross_entropy(x.clone().requires_grad_(), t)
+    assert loss.grad_fn is None
+    torch.testing.assert_close(loss, F.cross_entropy(x, t))
+    results = torch.library.opcheck(_forward_op, (x, t, None, "sum", -100, 0.0, 0.0, None))
+    assert set(results.values()) == {"SUCCESS"}, results
+
+
 def test_torch_compile_traces_without_graph_break(gen):
     def step(logits, targets):
         return fxt.cross_entropy(logits * 2.0, targets, label_smoothing=0.1)
