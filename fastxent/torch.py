@@ -59,8 +59,9 @@ def _arrays(t):
     return t if t.is_cuda else _host(t)
 
 
-def _tensor(a, like):
-    """fastxent's result as a tensor on ``like``'s device (zero-copy for NumPy arrays)."""
+def _tensor(a):
+    """fastxent's result as a tensor: itself from the GPU, a zero-copy view of a NumPy array, a
+    float64 0-d tensor for a Python float."""
     if isinstance(a, torch.Tensor):
         return a
     if isinstance(a, numbers.Real):
@@ -78,8 +79,8 @@ def _fused_call(logits, targets, weight, options, inplace):
     w = None if weight is None else _arrays(weight.detach())
     loss, grad = _api.cross_entropy_with_grad(_arrays(x), _arrays(targets.detach()), weight=w,
                                               inplace=inplace, **options)
-    loss = _tensor(loss, logits).to(device=logits.device, dtype=logits.dtype)
-    return loss, (None if inplace else _tensor(grad, logits))
+    loss = _tensor(loss).to(device=logits.device, dtype=logits.dtype)
+    return loss, (None if inplace else _tensor(grad))
 
 
 def _no_double_backward():
@@ -153,7 +154,7 @@ def _forward_op(logits: torch.Tensor, targets: torch.Tensor, weight: Optional[to
                               weight=None if weight is None else _arrays(weight),
                               reduction=reduction, ignore_index=ignore_index,
                               label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap)
-    return _tensor(loss, logits).to(device=logits.device, dtype=logits.dtype)
+    return _tensor(loss).to(device=logits.device, dtype=logits.dtype)
 
 
 @_forward_op.register_fake
