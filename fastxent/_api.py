@@ -177,7 +177,7 @@ def cross_entropy(logits, targets, *, reduction="mean", ignore_index=-100, weigh
     >>> fx.cross_entropy(np.zeros((2, 4), np.float32), np.array([1, 3]), reduction="none")
     array([1.3862944, 1.3862944], dtype=float32)
     """
-    if _device.wanted(logits, _dispatch.checked(backend)):
+    if _dispatch.uses_cuda(backend, logits):
         return _device.cross_entropy(logits, targets, reduction=reduction,
                                      ignore_index=ignore_index, weight=weight,
                                      label_smoothing=label_smoothing, z_loss=z_loss,
@@ -235,7 +235,7 @@ def cross_entropy_with_grad(logits, targets, *, reduction="mean", ignore_index=-
     """
     if inplace and out is not None:
         raise ValueError("pass either out= or inplace=True, not both")
-    if _device.wanted(logits, _dispatch.checked(backend)):
+    if _dispatch.uses_cuda(backend, logits):
         return _device.cross_entropy(logits, targets, reduction=reduction,
                                      ignore_index=ignore_index, weight=weight,
                                      label_smoothing=label_smoothing, z_loss=z_loss,
@@ -287,7 +287,7 @@ def logsumexp(logits, backend="auto"):
     >>> fx.logsumexp(np.array([-np.inf, -np.inf]))
     array(-inf)
     """
-    if _device.wanted(logits, _dispatch.checked(backend)):
+    if _dispatch.uses_cuda(backend, logits):
         return _device.logsumexp(logits)
     a = _checks.logits_array(logits)
     be = _dispatch.choose(backend, a)

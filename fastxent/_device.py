@@ -14,11 +14,6 @@ import numpy as np
 from . import _arrays, _checks, _dispatch, _dtypes
 
 
-def wanted(logits, backend):
-    """Whether this call goes to the CUDA backend."""
-    return backend == "cuda" or (backend == "auto" and _arrays.is_device(logits))
-
-
 def _backend():
     return _dispatch.load("cuda")
 

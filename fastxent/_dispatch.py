@@ -50,11 +50,18 @@ def checked(name):
     return name
 
 
-def choose(name, array):
-    """The backend module for ``name`` ("auto" picks from where ``array`` lives)."""
+def uses_cuda(name, array):
+    """Whether a call goes to the CUDA backend: ``backend="cuda"``, or ``"auto"`` with an array
+    that lives on a GPU. Such calls take the device path (``fastxent._device``); every other
+    call takes :func:`choose`."""
     checked(name)
-    if name == "auto" and _arrays.is_device(array):
-        return load("cuda")
+    return name == "cuda" or (name == "auto" and _arrays.is_device(array))
+
+
+def choose(name, array):
+    """The host backend module for ``name`` ("auto": the Numba CPU kernels, else the NumPy
+    reference), for calls that :func:`uses_cuda` leaves on the host."""
+    checked(name)
     if name != "auto":
         return load(name)
     try:
