@@ -47,9 +47,7 @@ def _prepare(logits, targets, reduction, ignore_index, weight, label_smoothing, 
     z = _checks.real(z_loss, "z_loss", low=0.0)
     cap = _checks.softcap(softcap)
     n_classes = a.shape[-1]
-    if n_classes == 0:
-        raise ValueError(f"logits has shape {a.shape}: the last axis holds the classes and must "
-                         "not be empty")
+    _checks.classes(a.shape)
     w = _checks.weight(weight, n_classes)
     kind, t = _checks.targets(targets, a.shape, ignore)
     be = _dispatch.choose(backend, a)

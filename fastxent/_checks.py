@@ -24,13 +24,64 @@ def logits_array(logits, *, name="logits"):
         except Exception as exc:  # e.g. a torch tensor that requires grad
             raise TypeError(f"{name} must be an array of floats, got {type(logits).__name__}: "
                             f"{exc}") from exc
-    if not _dtypes.is_float(a.dtype):
-        raise TypeError(f"{name} has dtype {a.dtype}, expected one of "
+    logits_format(_dtypes.name(a.dtype), a.shape, name=name, shown=a.dtype)
+    return a
+
+
+# The checks below look at a dtype's name and a shape only, so that the host path and the GPU
+# path (``fastxent._device``, whose arrays are tensors or device arrays) share them.
+
+
+def logits_format(dname, shape, *, name="logits", shown=None):
+    """A supported floating dtype (by name) and at least one dimension."""
+    if dname not in _dtypes.SUPPORTED:
+        raise TypeError(f"{name} has dtype {shown or dname}, expected one of "
                         f"{', '.join(_dtypes.SUPPORTED)}")
-    if a.ndim == 0:
+    if len(shape) == 0:
         raise ValueError(f"{name} must have at least one dimension (the classes, last), "
                          "got a scalar")
-    return a
+
+
+def classes(shape):
+    """The class axis (last) of logits shaped ``shape`` must not be empty for a loss."""
+    if shape[-1] == 0:
+        raise ValueError(f"logits has shape {tuple(shape)}: the last axis holds the classes and "
+                         "must not be empty")
+
+
+def target_kind(dname, shape, logits_shape, shown=None):
+    """``"index"`` for integer targets shaped ``logits.shape[:-1]``, ``"prob"`` for floating
+    targets shaped like the logits; anything else raises."""
+    lead = tuple(logits_shape[:-1])
+    shape = tuple(shape)
+    if dname.startswith(("int", "uint")):
+        if shape != lead:
+            raise ValueError(f"targets has shape {shape}, expected {lead} to match "
+                             "logits.shape[:-1] (class indices) or "
+                             f"{tuple(logits_shape)} (probabilities)")
+        return "index"
+    if dname in _dtypes.SUPPORTED:
+        if shape != tuple(logits_shape):
+            raise ValueError(f"targets has shape {shape} and a floating dtype, so it is read "
+                             f"as probabilities, which need the logits' shape "
+                             f"{tuple(logits_shape)}; class indices need an integer dtype and "
+                             f"shape {lead}")
+        return "prob"
+    raise TypeError(f"targets has dtype {shown or dname}, expected integer class indices or "
+                    f"floating probabilities ({', '.join(_dtypes.SUPPORTED)})")
+
+
+def weight_shape(shape, n_classes):
+    if tuple(shape) != (n_classes,):
+        raise ValueError(f"weight has shape {tuple(shape)}, expected ({n_classes},) to match "
+                         "logits.shape[-1]")
+
+
+def like_logits(shape, dname, logits_shape, logits_dname):
+    """``out`` must have the logits' shape and dtype."""
+    if tuple(shape) != tuple(logits_shape) or dname != logits_dname:
+        raise ValueError(f"out has shape {tuple(shape)} and dtype {dname}, expected shape "
+                         f"{tuple(logits_shape)} and dtype {logits_dname} (those of logits)")
 
 
 def reduction(value):
@@ -72,9 +123,7 @@ def weight(value, n_classes):
     w = np.asarray(value)
     if w.dtype.kind not in "fiu" or w.dtype == np.bool_:
         raise TypeError(f"weight has dtype {w.dtype}, expected a real (floating) dtype")
-    if w.shape != (n_classes,):
-        raise ValueError(f"weight has shape {w.shape}, expected ({n_classes},) to match "
-                         "logits.shape[-1]")
+    weight_shape(w.shape, n_classes)
     return w.astype(np.float64)
 
 
@@ -85,29 +134,22 @@ def targets(value, logits_shape, ignore):
     ``("prob", float array)``.
     """
     t = value if isinstance(value, np.ndarray) else np.asarray(value)
-    lead, n_classes = logits_shape[:-1], logits_shape[-1]
-    if t.dtype.kind in "iu":
-        if t.shape != lead:
-            raise ValueError(f"targets has shape {t.shape}, expected {lead} to match "
-                             "logits.shape[:-1] (class indices) or "
-                             f"{tuple(logits_shape)} (probabilities)")
-        valid = t != ignore
-        bad = valid & ((t < 0) | (t >= n_classes))
-        if bad.any():
-            pos = tuple(int(i) for i in np.argwhere(bad)[0])
-            where = f"targets[{', '.join(map(str, pos))}]" if pos else "targets"
-            raise IndexError(f"{where} = {int(t[pos])} is out of range: class indices must be in "
-                             f"[0, {n_classes}) or equal ignore_index={ignore}")
-        return "index", np.where(valid, t, -1).astype(np.int64).reshape(-1)
-    if _dtypes.is_float(t.dtype):
-        if t.shape != tuple(logits_shape):
-            raise ValueError(f"targets has shape {t.shape} and a floating dtype, so it is read "
-                             f"as probabilities, which need the logits' shape "
-                             f"{tuple(logits_shape)}; class indices need an integer dtype and "
-                             f"shape {lead}")
+    n_classes = logits_shape[-1]
+    if target_kind(_dtypes.name(t.dtype), t.shape, logits_shape, shown=t.dtype) == "prob":
         return "prob", t
-    raise TypeError(f"targets has dtype {t.dtype}, expected integer class indices or "
-                    f"floating probabilities ({', '.join(_dtypes.SUPPORTED)})")
+    valid = t != ignore
+    bad = valid & ((t < 0) | (t >= n_classes))
+    if bad.any():
+        pos = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise IndexError(out_of_range(pos, int(t[pos]), n_classes, ignore))
+    return "index", np.where(valid, t, -1).astype(np.int64).reshape(-1)
+
+
+def out_of_range(pos, value, n_classes, ignore):
+    """The message of an out-of-range class index at position ``pos`` of the targets."""
+    where = f"targets[{', '.join(map(str, pos))}]" if pos else "targets"
+    return (f"{where} = {value} is out of range: class indices must be in [0, {n_classes}) or "
+            f"equal ignore_index={ignore}")
 
 
 def grad_output(value, red, loss_shape):
@@ -133,9 +175,7 @@ def grad_output(value, red, loss_shape):
 def out_array(out, logits):
     if not isinstance(out, np.ndarray):
         raise TypeError(f"out must be a NumPy array, got {type(out).__name__}")
-    if out.shape != logits.shape or out.dtype != logits.dtype:
-        raise ValueError(f"out has shape {out.shape} and dtype {out.dtype}, expected shape "
-                         f"{logits.shape} and dtype {logits.dtype} (those of logits)")
+    like_logits(out.shape, out.dtype, logits.shape, logits.dtype)
     if not out.flags.writeable:
         raise ValueError("out is read-only")
     if np.shares_memory(out, logits):

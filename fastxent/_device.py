@@ -18,17 +18,9 @@ def _backend():
     return _dispatch.load("cuda")
 
 
-def _logits(ad, logits, name="logits"):
-    dname = ad.dtype_name(logits)
-    if dname not in _dtypes.SUPPORTED:
-        raise TypeError(f"{name} has dtype {dname}, expected one of {', '.join(_dtypes.SUPPORTED)}")
-    shape = ad.shape(logits)
-    if not shape:
-        raise ValueError(f"{name} must have at least one dimension (the classes, last), got a "
-                         "scalar")
-    if shape[-1] == 0:
-        raise ValueError(f"{name} has shape {shape}: the last axis holds the classes and must not "
-                         "be empty")
+def _logits(ad, logits):
+    dname, shape = ad.dtype_name(logits), ad.shape(logits)
+    _checks.logits_format(dname, shape)
     return dname, shape
 
 
@@ -41,29 +33,19 @@ def _foreign(ad, a):
     return ad.cuda.to_device(h, stream=ad.stream())
 
 
-def _targets(ad, targets, shape, ignore):
+def _targets(ad, targets, shape):
     """(kind, Numba device array): class indices (any integer dtype, shape ``shape[:-1]``) or
     probabilities (a float dtype, shape ``shape``)."""
-    lead = shape[:-1]
     if _arrays.is_device(targets):
         other = _arrays.adapter(targets)
         dname, tshape = other.dtype_name(targets), other.shape(targets)
     else:
         t = np.asarray(targets)
         dname, tshape = _dtypes.name(t.dtype), t.shape
-    if dname in ("int64", "int32", "int16", "int8", "uint8", "uint16", "uint32"):
-        if tshape != lead:
-            raise ValueError(f"targets has shape {tshape}, expected {lead} to match "
-                             f"logits.shape[:-1] (class indices) or {shape} (probabilities)")
-        return "index", _foreign(ad, targets).reshape(-1)
-    if dname in _dtypes.SUPPORTED:
-        if tshape != shape:
-            raise ValueError(f"targets has shape {tshape} and a floating dtype, so it is read as "
-                             f"probabilities, which need the logits' shape {shape}; class indices "
-                             f"need an integer dtype and shape {lead}")
-        return "prob", _foreign(ad, targets).reshape(int(np.prod(lead)), shape[-1])
-    raise TypeError(f"targets has dtype {dname}, expected integer class indices or floating "
-                    f"probabilities ({', '.join(_dtypes.SUPPORTED)})")
+    kind = _checks.target_kind(dname, tshape, shape)
+    if kind == "index":
+        return kind, _foreign(ad, targets).reshape(-1)
+    return kind, _foreign(ad, targets).reshape(int(np.prod(shape[:-1])), shape[-1])
 
 
 def _weight(ad, weight, n_classes, compute):
@@ -74,9 +56,7 @@ def _weight(ad, weight, n_classes, compute):
         dname, wshape = other.dtype_name(weight), other.shape(weight)
         if dname not in ("float32", "float64"):
             raise TypeError(f"weight on the GPU has dtype {dname}, expected float32 or float64")
-        if wshape != (n_classes,):
-            raise ValueError(f"weight has shape {wshape}, expected ({n_classes},) to match "
-                             "logits.shape[-1]")
+        _checks.weight_shape(wshape, n_classes)
         return other.view(weight)
     w = _checks.weight(weight, n_classes)
     return ad.cuda.to_device(w.astype(compute), stream=ad.stream())
@@ -113,11 +93,8 @@ def _raise_bad_target(bad, targets, lead, n_classes, ignore, stream):
         return
     value = targets[row:row + 1].copy_to_host(stream=stream)
     stream.synchronize()
-    value = int(value[0])
-    pos = np.unravel_index(row, lead) if lead else ()
-    where = f"targets[{', '.join(map(str, pos))}]" if pos else "targets"
-    raise IndexError(f"{where} = {value} is out of range: class indices must be in "
-                     f"[0, {n_classes}) or equal ignore_index={ignore}")
+    pos = tuple(int(i) for i in np.unravel_index(row, lead)) if lead else ()
+    raise IndexError(_checks.out_of_range(pos, int(value[0]), n_classes, ignore))
 
 
 def _overlaps(ad, a, b):
@@ -139,10 +116,11 @@ def cross_entropy(logits, targets, *, reduction, ignore_index, weight, label_smo
     be = _backend()
     ad = _arrays.adapter(logits)
     dname, shape = _logits(ad, logits)
+    _checks.classes(shape)
     lead, v = shape[:-1], shape[-1]
     n = int(np.prod(lead))
     compute = "float64" if dname == "float64" else "float32"
-    kind, t = _targets(ad, targets, shape, ignore)
+    kind, t = _targets(ad, targets, shape)
     w = _weight(ad, weight, v, compute)
     go, go_rows, dst, grad_view = 1.0, None, None, None
     if grad:
@@ -195,9 +173,7 @@ def _check_out(ad, out, logits, dname, shape):
     if _arrays.adapter(out).kind != ad.kind:
         raise TypeError(f"out must be an array of the same kind as logits ({ad.kind}), got "
                         f"{type(out).__name__}")
-    if ad.dtype_name(out) != dname or ad.shape(out) != shape:
-        raise ValueError(f"out has shape {ad.shape(out)} and dtype {ad.dtype_name(out)}, expected "
-                         f"shape {shape} and dtype {dname} (those of logits)")
+    _checks.like_logits(ad.shape(out), ad.dtype_name(out), shape, dname)
     if not ad.is_contiguous(out):
         raise ValueError("out must be C-contiguous")
     if _overlaps(ad, out, logits):

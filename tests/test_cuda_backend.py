@@ -196,6 +196,8 @@ def test_device_logsumexp(rng):
     got = fx.logsumexp(cuda.to_device(x))
     assert got.shape == (3,)
     np.testing.assert_allclose(got.copy_to_host(), fx.logsumexp(x), rtol=1e-6)
+    empty = fx.logsumexp(cuda.to_device(np.zeros((2, 0), F32)))  # the log of an empty sum
+    np.testing.assert_array_equal(empty.copy_to_host(), [-np.inf, -np.inf])
 
 
 def test_inplace_on_device(rng):
