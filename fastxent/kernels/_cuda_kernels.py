@@ -494,7 +494,6 @@ def lse_kernel(stats, out):
         out[i] = stats[i, 0]
 
 
-
 #: Every kernel, by name (the PTX tests compile each of them).
 KERNELS = {"targets_kernel": targets_kernel, "rows_kernel": rows_kernel,
            "partials_kernel": partials_kernel, "merge_kernel": merge_kernel,

@@ -92,6 +92,14 @@ def call(x, kind, targets, ignore, probs, weight, eps, z, softcap, want_sy, redu
     Returns ``(launches, bad)``: launches are ``(kernel name, blocks, threads, args)``; after them
     ``bad[0]`` is -1, or the first row whose class index is out of range.
     """
+    launches, bad, _ = _launches(x, kind, targets, ignore, probs, weight, eps, z, softcap, want_sy,
+                                 reduction, go, go_rows, grad, out, scratch, dummy, facts)
+    return launches, bad
+
+
+def _launches(x, kind, targets, ignore, probs, weight, eps, z, softcap, want_sy, reduction, go,
+              go_rows, grad, out, scratch, dummy, facts):
+    """:func:`call`'s launches, flag and row statistics ``[lse, Σwqy, Σwq, Σwy]`` (N, 4)."""
     n, v = x.shape
     compute = np.float64 if x.dtype == np.float64 else np.float32
     xe = x.reshape(n * v)
@@ -114,12 +122,14 @@ def call(x, kind, targets, ignore, probs, weight, eps, z, softcap, want_sy, redu
     weighted = weight is not None
     cap = 0.0 if softcap is None else float(softcap)
     eps, z, go, per_row = float(eps), float(z), float(go), go_rows is not None
-    launches = [("targets_kernel", 1, config.CUDA_REDUCE_THREADS,
-                 (tg, ignore, v, n, kind, w, weighted, totals, bad))]
+    write_loss = red == NONE and kind != NO_TARGETS  # the log-sum-exp alone needs no loss
+    # the totals serve the losses and the gradient, which the log-sum-exp alone does not need
+    launches = [] if kind == NO_TARGETS else [("targets_kernel", 1, config.CUDA_REDUCE_THREADS,
+                                              (tg, ignore, v, n, kind, w, weighted, totals, bad))]
 
     def row_args(group):
         return (xe, xw, k0, n, v, group, kind, tg, ignore, pe, w, weighted, cap, bool(want_sy),
-                eps, z, red, go, go_arr, per_row, totals, bad, stats, out, red == NONE, ge, gw,
+                eps, z, red, go, go_arr, per_row, totals, bad, stats, out, write_loss, ge, gw,
                 grad is not None)
 
     def split_args(parts, seg):
@@ -131,7 +141,7 @@ def call(x, kind, targets, ignore, probs, weight, eps, z, softcap, want_sy, redu
                     bool(want_sy), partials)),
                 ("merge_kernel", -(-n // 128), 128, (
                     xe, n, v, parts, kind, tg, ignore, w, weighted, cap, eps, z, totals, partials,
-                    rowms, stats, out, red == NONE))]
+                    rowms, stats, out, write_loss))]
         if grad is not None:
             runs.append(("split_gradient_kernel", blocks, threads, (
                 xe, xw, k0, v, parts, seg, kind, tg, ignore, pe, w, weighted, cap, eps, z, red,
@@ -143,36 +153,17 @@ def call(x, kind, targets, ignore, probs, weight, eps, z, softcap, want_sy, redu
                                   split_args)
     if red != NONE:
         launches.append(("reduce_kernel", 1, config.CUDA_REDUCE_THREADS,
-                         (stats, n, v, float(eps), float(z), red, totals, out)))
-    return launches, bad
+                         (stats, n, v, eps, z, red, totals, out)))
+    return launches, bad, stats
 
 
 def lse_call(x, softcap, out, scratch, dummy, facts):
-    """The launches that write the log-sum-exp of each row of ``x`` into ``out`` (N,)."""
-    n, v = x.shape
+    """The launches that write the log-sum-exp of each row of ``x`` into ``out`` (N,): the row
+    statistics of a call without targets, then their first column."""
+    n = x.shape[0]
     if not n:
         return []
-    xe = x.reshape(n * v)
-    xw, k0 = words(xe, dummy)
     compute = np.float64 if x.dtype == np.float64 else np.float32
-    stats = scratch((n, 4), np.float64)
-    totals = scratch((3,), np.float64)
-    cap = 0.0 if softcap is None else float(softcap)
-    no_t, no_p, no_w, none64 = dummy(np.int64), dummy(x.dtype), dummy(compute), dummy(np.float64)
-
-    def row_args(group):
-        return (xe, xw, k0, n, v, group, NO_TARGETS, no_t, -1, no_p, no_w, False, cap, False, 0.0,
-                0.0, NONE, 1.0, none64, False, totals, dummy(np.int64), stats, dummy(compute),
-                False, xe, xw, False)
-
-    def split_args(parts, seg):
-        partials = scratch((n, parts, 5), np.float64)
-        return [("partials_kernel", n * parts, config.CUDA_BLOCK_THREADS, (
-                    xe, xw, k0, v, parts, seg, NO_TARGETS, no_t, -1, no_p, no_w, False, cap, False,
-                    partials)),
-                ("merge_kernel", -(-n // 128), 128, (
-                    xe, n, v, parts, NO_TARGETS, no_t, -1, no_w, False, cap, 0.0, 0.0, totals,
-                    partials, scratch((n, 2), np.float64), stats, dummy(compute), False))]
-
-    return _row_launches(n, v, x.dtype.itemsize, False, facts, row_args, split_args) + [
-        ("lse_kernel", -(-n // 256), 256, (stats, out))]
+    launches, _, stats = _launches(x, NO_TARGETS, None, -1, None, None, 0.0, 0.0, softcap, False,
+                                   "none", 1.0, None, None, dummy(compute), scratch, dummy, facts)
+    return launches + [("lse_kernel", -(-n // 256), 256, (stats, out))]
