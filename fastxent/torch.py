@@ -71,16 +71,21 @@ def _tensor(a):
     return torch.from_numpy(a if a.flags.c_contiguous else a.copy())
 
 
-def _fused_call(logits, targets, weight, options, inplace):
-    """fastxent's fused kernel on tensors: (loss tensor in the logits' dtype, gradient or None)."""
-    x = logits.detach()
-    if not x.is_contiguous():
-        x = x.contiguous()  # the kernels read rows as contiguous memory
+def _call(fn, logits, targets, weight, **options):
+    """``fn``, one of fastxent's functions, on tensors; its loss as a tensor in the logits' dtype
+    and on their device, and anything else it returns as tensors (or None)."""
     w = None if weight is None else _arrays(weight.detach())
-    loss, grad = _api.cross_entropy_with_grad(_arrays(x), _arrays(targets.detach()), weight=w,
-                                              inplace=inplace, **options)
+    result = fn(_arrays(logits.detach()), _arrays(targets.detach()), weight=w, **options)
+    loss, *rest = result if isinstance(result, tuple) else (result,)
     loss = _tensor(loss).to(device=logits.device, dtype=logits.dtype)
-    return loss, (None if inplace else _tensor(grad))
+    return (loss, *(None if r is None else _tensor(r) for r in rest))
+
+
+def _fused_call(logits, targets, weight, options, inplace):
+    """fastxent's fused kernel on tensors: (loss, gradient, or None in place)."""
+    loss, grad = _call(_api.cross_entropy_with_grad, logits, targets, weight, inplace=inplace,
+                       **options)
+    return loss, (None if inplace else grad)
 
 
 def _no_double_backward():
@@ -149,12 +154,10 @@ def _forward_op(logits: torch.Tensor, targets: torch.Tensor, weight: Optional[to
                 reduction: str, ignore_index: int, label_smoothing: float, z_loss: float,
                 softcap: Optional[float]) -> torch.Tensor:
     """The loss alone (one read of the logits): for calls that need no gradient."""
-    x = logits if logits.is_contiguous() else logits.contiguous()
-    loss = _api.cross_entropy(_arrays(x), _arrays(targets),
-                              weight=None if weight is None else _arrays(weight),
-                              reduction=reduction, ignore_index=ignore_index,
-                              label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap)
-    return _tensor(loss).to(device=logits.device, dtype=logits.dtype)
+    (loss,) = _call(_api.cross_entropy, logits, targets, weight, reduction=reduction,
+                    ignore_index=ignore_index, label_smoothing=label_smoothing, z_loss=z_loss,
+                    softcap=softcap)
+    return loss
 
 
 @_forward_op.register_fake
