@@ -29,11 +29,12 @@ import time
 
 
 from . import report as _report
+from .ceilings import bytes_moved as _bytes_moved
+from .inputs import ITEMSIZE
 from .machine import versions
 
 WORKLOADS = ("forward", "fwd+bwd")
 PEERS = ("torch", "torch.compile", "liger", "jax")
-DTYPES = ("bfloat16", "float32", "float16")
 
 #: (rows, vocab, dtype, workloads): the CUDA backend's targets.
 DEFAULT_CASES = (
@@ -57,18 +58,13 @@ MIN_TIMED_S = 0.2
 MAX_CALLS = 500
 
 
-def _itemsize(dtype):
-    return 4 if dtype == "float32" else 2
-
-
 def bytes_moved(workload, rows, vocab, dtype):
-    """The logits read once, plus the gradient written once for fwd+bwd.
+    """:func:`fastxent.bench.ceilings.bytes_moved` for a dtype name.
 
     >>> bytes_moved("fwd+bwd", 8192, 131072, "bfloat16") / 1e9
     4.294967296
     """
-    n = rows * vocab * _itemsize(dtype)
-    return 2 * n if workload == "fwd+bwd" else n
+    return _bytes_moved(workload, rows, vocab, ITEMSIZE[dtype])
 
 
 class Clock:
@@ -394,7 +390,7 @@ def format_report(rep):
                          _report._fmt(r["ratio"], ".2f"),
                          _report._fmt(None if extra is None else extra / 2**20, ".0f"),
                          _report._fmt(r.get("target_ms"), "g"), "; ".join(notes)])
-        size = _report._size(n * vocab * _itemsize(dtype))
+        size = _report._size(n * vocab * ITEMSIZE[dtype])
         lines += ["", f"## N={n}, V={vocab}, {dtype} ({size} of logits)", "",
                   _report.markdown_table(header, rows, right=set(range(2, 8)))]
     lines += ["", LEGEND]
@@ -407,9 +403,6 @@ def run_from_args(args, parser):
     unknown = sorted(set(peers) - set(PEERS))
     if unknown:
         parser.error(f"--device cuda compares with {', '.join(PEERS)}; not {', '.join(unknown)}")
-    bad = [d for d in (args.dtype or ()) if d not in DTYPES]
-    if bad:
-        parser.error(f"--device cuda takes --dtype among {', '.join(DTYPES)}")
     try:
         rep = run_gpu_bench(rows=args.rows, vocab=args.vocab, dtypes=args.dtype,
                             workloads=[w for w in (args.workloads or ()) if w in WORKLOADS] or None,
