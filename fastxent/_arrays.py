@@ -158,9 +158,6 @@ class _Torch(_Numba):
         v = self.cuda.as_cuda_array(a.view(t.int16) if half else a, sync=False)
         return v.view(np.uint16) if a.dtype == t.bfloat16 else v
 
-    def contiguous(self, a):
-        return a.contiguous()
-
     def is_contiguous(self, a):
         return a.is_contiguous()
 
