@@ -49,6 +49,16 @@ def _capped(y, capc):
 
 
 @cuda.jit(**_DEVICE)
+def _capped_and_slope(x, capc, one):
+    """``(c·tanh(x/c), sech²(x/c))`` with the slope as ``4e/(1+e)²``, ``e = exp(-2|x/c|)``: it
+    keeps its relative precision where the cap saturates, which ``1 - (y/c)²`` from the rounded
+    capped value ``y`` does not."""
+    u = x / capc
+    e = math.exp(-2 * abs(u))
+    return capc * math.tanh(u), 4 * e / ((one + e) * (one + e))
+
+
+@cuda.jit(**_DEVICE)
 def _visit(y, col, base, m, s, a, b, c, capc, one, pe, kind, w, weighted, want_sy, like):
     """Adds element ``col`` (value ``y``) of a row to a thread's partial statistics."""
     y = _capped(y, capc)
@@ -83,7 +93,9 @@ def _gradient(y, col, base, t, m, scl, c0, c1, zero_row, capc, one, pe, kind, w,
     """The gradient at element ``col`` of a row, in the compute type."""
     if zero_row:  # ignored rows get zeros, whatever their logits hold
         return one - one
-    y = _capped(y, capc)
+    slope = one
+    if capc > 0:
+        y, slope = _capped_and_slope(y, capc, one)
     g = math.exp(y - m) * scl
     if kind == PROBS or c1 != 0 or col == t:
         wj = as_compute(w[col], like) if weighted else one
@@ -92,10 +104,7 @@ def _gradient(y, col, base, t, m, scl, c0, c1, zero_row, capc, one, pe, kind, w,
         else:
             q = one if col == t else one - one
         g -= (c0 * q + c1) * wj
-    if capc > 0:
-        u = y / capc
-        g *= one - u * u
-    return g
+    return g * slope
 
 
 # --- per row -------------------------------------------------------------------------------------

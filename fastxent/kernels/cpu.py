@@ -25,8 +25,8 @@ from numba.extending import overload
 
 from .. import config
 from .._threading import ensure_threading_layer, parallel_guard
-from ._numeric import (as_compute, block_max, cap, cap_slope, exp_term, fexp, load, store,
-                       weight_at)
+from ._numeric import (as_compute, block_max, cap, cap_and_slope, cap_slope, exp_term, fexp, load,
+                       store, weight_at)
 
 name = "cpu"
 
@@ -272,10 +272,10 @@ def _segment_grad(xs, gs, qs, ws, m, inv_s, a, c0, c1, c):
     """
     dst = _dst(xs, gs)
     for j in range(xs.size):
-        y = cap(load(xs[j]), c)
+        y, slope = cap_and_slope(load(xs[j]), c)
         wj = weight_at(ws, j)
         gj = fexp(y - m) * inv_s * a - wj * (c1 + c0 * _q_at(qs, j))
-        dst[j] = store(gj * cap_slope(y, c), dst)
+        dst[j] = store(gj * slope, dst)
 
 
 @njit(**_REDUCE)
