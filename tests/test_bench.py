@@ -42,13 +42,14 @@ def test_full_grid_enumerates_every_case():
                               for v in (32000, 50257, 128256, 256000)
                               for d in ("float32", "bfloat16", "float16")}
     expected = [("fastxent", "forward", ""), ("fastxent", "fwd+bwd", ""),
-                ("fastxent", "fwd+bwd", "in place"), ("fastxent", "logsumexp", "")]
+                ("fastxent", "fwd+bwd", "in place"), ("fastxent", "logsumexp", ""),
+                ("fastxent", "forward", "torch"), ("fastxent", "fwd+bwd", "torch")]
     expected += [(p, w, "") for p in ("numpy", "scipy", "torch") for w in WORKLOADS]
     expected += [("torch.compile", "forward", ""), ("torch.compile", "fwd+bwd", "")]
     expected += [("jax", w, "") for w in WORKLOADS]
     for cases in per_shape.values():
         assert sorted(cases) == sorted(expected)
-    assert len(kept) == 48 * 18
+    assert len(kept) == 48 * 20
     # each shape's cases are together, so that the runner makes each input once
     shapes = [s.shape for s in kept]
     assert sum(a != b for a, b in zip(shapes, shapes[1:])) == 47
@@ -57,8 +58,9 @@ def test_full_grid_enumerates_every_case():
 def test_quick_and_smoke_sizes():
     kept, _ = grid.sized("quick", grid.QUICK_WORKLOADS, ("fastxent", "numpy"))
     assert [s.id for s in kept] == [
-        "fastxent-forward-N2048-V131072-float32", "fastxent-fwd+bwd-N2048-V131072-float32",
-        "fastxent-inplace-fwd+bwd-N2048-V131072-float32", "numpy-forward-N2048-V131072-float32",
+        "fastxent-forward-N2048-V131072-float32", "fastxent-torch-forward-N2048-V131072-float32",
+        "fastxent-fwd+bwd-N2048-V131072-float32", "fastxent-inplace-fwd+bwd-N2048-V131072-float32",
+        "fastxent-torch-fwd+bwd-N2048-V131072-float32", "numpy-forward-N2048-V131072-float32",
         "numpy-fwd+bwd-N2048-V131072-float32"]
     kept, _ = grid.sized("smoke", ("logsumexp",), CONTENDERS)
     assert {s.contender for s in kept} == set(CONTENDERS) - {"torch.compile"}
@@ -124,7 +126,8 @@ def test_contenders_compute_what_fastxent_computes(contender, dtype):
     lse = fastxent.logsumexp(x)
     rtol = 1e-5 if dtype == "float32" else 2e-2
     cases = peers.build_cases(contender, x, t)
-    expected = {("fastxent", "fwd+bwd", "in place")} if contender == "fastxent" else set()
+    expected = {("fastxent", "fwd+bwd", "in place"), ("fastxent", "forward", "torch"),
+                ("fastxent", "fwd+bwd", "torch")} if contender == "fastxent" else set()
     assert {(c.contender, c.workload, c.variant) for c in cases} == expected | {
         (contender, w, "") for w in WORKLOADS}
     for case in cases:
@@ -160,7 +163,7 @@ def test_report_rows_are_well_formed(tiny_report):
     rep = json.loads(json.dumps(tiny_report))  # JSON-ready as it is
     assert rep["schema"] == report.SCHEMA and rep["skipped"] == {} and rep["dropped"] == []
     results = rep["results"]
-    assert len(results) == 2 * (4 + 3 + 3)
+    assert len(results) == 2 * (6 + 3 + 3)  # fastxent: 4 cases, and 2 through fastxent.torch
     ref = {(r["workload"], r["dtype"]): r["time_s"] for r in results
            if r["contender"] == "fastxent" and not r["variant"]}
     for r in results:
@@ -225,7 +228,7 @@ def test_missing_peer_is_reported_as_skipped(monkeypatch, capsys):
     assert {r["contender"] for r in rep["results"]} == {"fastxent"}
     assert "- skipped jax: fastxent_no_such_module is not installed" in report.format_report(rep)
     err = capsys.readouterr().err
-    assert "jax: skipped" in err and "[1/1] fastxent forward N=2 V=64 float32" in err
+    assert "jax: skipped" in err and "[1/2] fastxent forward N=2 V=64 float32" in err
 
 
 def test_dropped_cases_are_reported():
@@ -258,7 +261,7 @@ def test_memory_column_from_fresh_processes(capsys):
     assert "peak memory +" in err
     # the out-of-place gradient is 1 MiB; in place allocates nothing N×V
     rows = [line.split("|") for line in out.splitlines() if line.startswith("| fastxent")]
-    assert len(rows) == 2 and all(cells[8].strip().isdigit() for cells in rows)
+    assert len(rows) == 3 and all(cells[8].strip().isdigit() for cells in rows)
 
 
 def test_progress_estimates_time_left(capsys):

@@ -59,7 +59,8 @@ def test_bench_writes_json(tmp_path, capsys):
     assert ceilings["read_GBps"] > 0 and ceilings["copy_GBps"] > 0 and ceilings["exp_Gps"] > 0
     rows = {(r["contender"], r["workload"], r["variant"]): r for r in report["results"]}
     assert set(rows) == {("fastxent", "forward", ""), ("fastxent", "fwd+bwd", ""),
-                         ("fastxent", "fwd+bwd", "in place"), ("numpy", "forward", ""),
+                         ("fastxent", "fwd+bwd", "in place"), ("fastxent", "forward", "torch"),
+                         ("fastxent", "fwd+bwd", "torch"), ("numpy", "forward", ""),
                          ("numpy", "fwd+bwd", "")}
     for r in rows.values():
         assert set(r) == ROW_KEYS
@@ -76,7 +77,8 @@ def test_bench_without_peers_or_ceilings(capsys):
                  "--bandwidth-mib", "0"]) == 0
     out = capsys.readouterr().out
     assert "ceilings" not in out
-    assert out.count("| fastxent") == 3
+    # 3 cases, and 2 through fastxent.torch
+    assert sum(line.startswith("| fastxent") for line in out.splitlines()) == 5
 
 
 @pytest.mark.torch

@@ -109,10 +109,10 @@ def cases(rows, vocab, dtypes, workloads, contenders=CONTENDERS, memory_budget=N
 
     Examples
     --------
-    >>> kept, dropped = cases([1, 2], [100], ["float32"], ["forward"], ["fastxent", "torch"])
+    >>> kept, dropped = cases([1, 2], [100], ["float32"], ["logsumexp"], ["fastxent", "numpy"])
     >>> [s.id for s in kept]  # doctest: +NORMALIZE_WHITESPACE
-    ['fastxent-forward-N1-V100-float32', 'torch-forward-N1-V100-float32',
-     'fastxent-forward-N2-V100-float32', 'torch-forward-N2-V100-float32']
+    ['fastxent-logsumexp-N1-V100-float32', 'numpy-logsumexp-N1-V100-float32',
+     'fastxent-logsumexp-N2-V100-float32', 'numpy-logsumexp-N2-V100-float32']
     """
     kept, dropped = [], []
     for dtype in dtypes:

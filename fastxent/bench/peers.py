@@ -17,7 +17,9 @@ Contenders (peers run only where their package is installed):
 
 ``fastxent``
     ``cross_entropy``, ``cross_entropy_with_grad`` (out of place, and ``inplace=True`` on a fresh
-    copy of the logits made before each call, outside the timing), ``logsumexp``.
+    copy of the logits made before each call, outside the timing), ``logsumexp``; and, where
+    PyTorch is installed, the variant ``torch``: ``fastxent.torch.cross_entropy`` on tensors,
+    with ``.backward()`` for fwd+bwd.
 ``numpy``
     a naive log-softmax with N×V temporaries, as one writes it in NumPy.
 ``scipy``
@@ -51,12 +53,18 @@ REQUIRES = {"fastxent": "numba", "numpy": "numpy", "scipy": "scipy", "torch": "t
 #: Workloads each contender has; the variants of each (``""`` is the plain call).
 HAS = {name: WORKLOADS for name in CONTENDERS}
 HAS["torch.compile"] = ("forward", "fwd+bwd")
-VARIANTS = {("fastxent", "fwd+bwd"): ("", "in place")}
+VARIANTS = {("fastxent", "forward"): ("", "torch"),
+            ("fastxent", "fwd+bwd"): ("", "in place", "torch")}
 
 
 def variants(contender, workload):
-    """The variants of one contender's workload, ``("",)`` for most."""
-    return VARIANTS.get((contender, workload), ("",))
+    """The variants of one contender's workload, ``("",)`` for most. ``"torch"`` is fastxent
+    through ``fastxent.torch`` on tensors (autograd for fwd+bwd), where PyTorch is installed: the
+    cost of the integration layer next to the raw kernels."""
+    found = VARIANTS.get((contender, workload), ("",))
+    if "torch" in found and missing_reason("torch"):
+        found = tuple(v for v in found if v != "torch")
+    return found
 
 
 def missing_reason(contender):
@@ -141,7 +149,34 @@ def _fastxent(x, t, workloads):
         ]
     if "logsumexp" in workloads:
         cases.append(Case("fastxent", "logsumexp", lambda: fastxent.logsumexp(x), _rows))
+    if "torch" in variants("fastxent", "forward"):
+        cases += _fastxent_torch(x, t, workloads)
     return cases
+
+
+def _fastxent_torch(x, t, workloads):
+    """fastxent through ``fastxent.torch`` on zero-copy tensors of the same inputs, timed as the
+    PyTorch peers are (a fresh leaf for each fwd+bwd call, whose ``.grad`` backward allocates)."""
+    import fastxent.torch as fxt
+
+    xt, tt = as_torch(x, t)
+    leaf = {}
+
+    def new_leaf():
+        leaf["x"] = xt.detach().requires_grad_()
+
+    def forward_backward():
+        x_ = leaf["x"]
+        out = fxt.cross_entropy(x_, tt)
+        out.backward()
+        return out.detach(), x_.grad
+
+    note = "fastxent.torch.cross_entropy on tensors"
+    made = {"forward": (lambda: fxt.cross_entropy(xt, tt), _value, None, note),
+            "fwd+bwd": (forward_backward, _torch_value_and_grad, new_leaf,
+                        note + ", through autograd")}
+    return [Case("fastxent", w, run, unpack, setup=setup, variant="torch", notes=notes)
+            for w, (run, unpack, setup, notes) in made.items() if w in workloads]
 
 
 # --- NumPy and SciPy ------------------------------------------------------------------------------
