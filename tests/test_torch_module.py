@@ -263,3 +263,42 @@ def test_torch_compile_traces_without_graph_break(gen):
     (compiled(a, t) * 3).backward()
     (step(b, t) * 3).backward()
     torch.testing.assert_close(a.grad, b.grad)
+
+
+# --- CUDA tensors (PyTorch's CUDA tensors cannot be simulated: these run on a GPU only) ---------
+
+needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU for torch")
+
+
+@needs_gpu
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("name", OPTIONS)
+def test_cuda_tensors_match_functional_cross_entropy(gen, dtype, name):
+    x, t = _inputs(gen, (6, 11), (6,), dtype)
+    opts = dict(OPTIONS[name])
+    if opts.get("weight"):
+        opts["weight"] = (torch.rand(11, generator=gen) + 0.5).cuda()
+    go = torch.rand(6, generator=gen, dtype=torch.float64).cuda() + 0.5 \
+        if opts.get("reduction") == "none" else None
+    la, ga, lb, gb = _both(x.cuda(), t.cuda(), grad_output=go, **opts)
+    assert la.is_cuda and ga.is_cuda
+    _check(la.cpu(), ga.cpu(), lb.cpu(), gb.cpu(), dtype, roundings=2 if go is not None else 1)
+
+
+@needs_gpu
+def test_cuda_tensors_in_place_k_d_and_compiled(gen):
+    x, t = _inputs(gen, (3, 11, 2, 4), (3, 2, 4), torch.float32)
+    _check(*(r.cpu() for r in _both(x.cuda(), t.cuda(), label_smoothing=0.1)), torch.float32)
+    lin = _model(gen).cuda()
+    h, t = torch.randn(6, 8, generator=gen).cuda(), torch.randint(0, 11, (6,), generator=gen).cuda()
+    fxt.cross_entropy(lin(h), t, inplace_backward=True).backward()
+    want = lin.weight.grad.clone()
+    lin.weight.grad = None
+    F.cross_entropy(lin(h), t).backward()
+    torch.testing.assert_close(want, lin.weight.grad, rtol=1e-6, atol=1e-6)
+    compiled = torch.compile(lambda z: fxt.cross_entropy(z, t), fullgraph=True)
+    a = lin(h).detach().requires_grad_()
+    compiled(a).backward()
+    b = a.detach().requires_grad_()
+    F.cross_entropy(b, t).backward()
+    torch.testing.assert_close(a.grad, b.grad, rtol=1e-6, atol=1e-6)
