@@ -5,6 +5,7 @@ gradient come out of one or two passes over the logits with no temporaries of th
 """
 
 from ._api import cross_entropy, cross_entropy_with_grad, logsumexp
+from ._tokens import TokenStats, token_stats
 from ._threading import ensure_threading_layer as _ensure_threading_layer
 
 # Before anything else starts Numba's threads (see docs/threading.md): a later call of, say,
@@ -14,4 +15,5 @@ _ensure_threading_layer()
 
 __version__ = "0.1.0"
 
-__all__ = ["cross_entropy", "cross_entropy_with_grad", "logsumexp", "__version__"]
+__all__ = ["cross_entropy", "cross_entropy_with_grad", "logsumexp", "token_stats", "TokenStats",
+           "__version__"]

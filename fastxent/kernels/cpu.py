@@ -581,3 +581,10 @@ def rows(x, targets, weight, softcap, want_sy, coef=None, grad=None):
     if coef is None:
         grad = None
     return _public_stats(_run(x, targets, weight, softcap, want_sy, coef, grad))
+
+
+def token_partials(x, targets, thresholds=None):
+    """See ``reference.token_partials``; the kernel is in :mod:`.cpu_tokens` (built on the
+    helpers here)."""
+    from .cpu_tokens import token_partials as kernel
+    return kernel(x, targets, thresholds)

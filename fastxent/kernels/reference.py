@@ -92,3 +92,44 @@ def rows(x, targets, weight, softcap, want_sy, coef=None, grad=None):
         g[~valid] = 0.0
         encode_into(grad[rws], g)
     return stats
+
+
+def token_partials(x, targets, thresholds=None):
+    """Per-row partial statistics for the token statistics, over the columns of ``x``.
+
+    ``targets`` is an int64 vector: a column of ``x`` holding the row's target, ``-1`` when the
+    target is not among these columns (a vocabulary shard), ``-2`` for an ignored row. Returns
+    ``stats`` (N, 4) float64 ``[m, s, w, y_t]`` and ``ints`` (N, 2) int64 ``[argmax, above]``:
+    ``m`` the row's maximum (NaN when the row holds a NaN), ``s = Σ exp(y - m)``,
+    ``w = Σ exp(y - m)·(y - m)``, ``y_t`` the target's logit (NaN when absent), ``argmax`` the
+    first column of the maximum (of the first NaN), ``above`` how many logits exceed ``y_t`` (or,
+    for an absent target, ``thresholds[i]`` when given and not NaN; else -1). Ignored rows: NaN
+    statistics, -1 integers.
+    """
+    n, v = x.shape
+    stats = np.full((n, 4), np.nan)
+    ints = np.full((n, 2), -1, dtype=np.int64)
+    for rws in _row_blocks(n, v):
+        y = decode(x[rws])
+        t = targets[rws]
+        idx = np.arange(y.shape[0])
+        with np.errstate(invalid="ignore", over="ignore"):
+            m = np.max(y, axis=-1) if v else np.full(y.shape[0], -np.inf)
+            d = y - np.where(np.isfinite(m), m, 0.0)[:, None]
+            d = np.where(np.isposinf(m)[:, None], y - m[:, None], d)  # inf - inf: NaN, as exp
+            e = np.exp(d)
+            s = np.sum(e, axis=-1)
+            w = np.sum(np.where(e > 0, e * d, 0.0), axis=-1)
+            w = np.where(np.isnan(s), np.nan, w)
+        yt = np.where(t >= 0, y[idx, np.clip(t, 0, max(v - 1, 0))] if v else np.nan, np.nan)
+        thr, counting = yt, t >= 0
+        if thresholds is not None:
+            given = (t == -1) & ~np.isnan(thresholds[rws])
+            thr, counting = np.where(given, thresholds[rws], thr), counting | given
+        with np.errstate(invalid="ignore"):
+            above = np.where(counting, np.sum(y > thr[:, None], axis=-1), -1)
+        arg = np.argmax(y, axis=-1) if v else np.zeros(y.shape[0], dtype=np.int64)
+        keep = t != -2
+        stats[rws] = np.where(keep[:, None], np.stack([m, s, w, yt], axis=-1), np.nan)
+        ints[rws] = np.where(keep[:, None], np.stack([arg, above], axis=-1), -1)
+    return stats, ints
