@@ -5,6 +5,7 @@ gradient come out of one or two passes over the logits with no temporaries of th
 """
 
 from ._api import cross_entropy, cross_entropy_with_grad, logsumexp
+from ._evaluator import EvalResult, Evaluator, SequenceResult
 from ._tokens import TokenStats, token_stats
 from ._threading import ensure_threading_layer as _ensure_threading_layer
 
@@ -16,4 +17,4 @@ _ensure_threading_layer()
 __version__ = "0.1.0"
 
 __all__ = ["cross_entropy", "cross_entropy_with_grad", "logsumexp", "token_stats", "TokenStats",
-           "__version__"]
+           "Evaluator", "EvalResult", "SequenceResult", "__version__"]
