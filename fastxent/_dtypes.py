@@ -71,3 +71,11 @@ def encode_into(dst, values):
         dst[...] = np.asarray(values, dtype=np.float16).view(np.int16)
     else:
         dst[...] = values
+
+
+def resolve(dname):
+    """The NumPy dtype named ``dname`` (``"bfloat16"`` through ``ml_dtypes``)."""
+    if dname == "bfloat16":
+        import ml_dtypes
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(dname)

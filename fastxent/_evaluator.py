@@ -10,7 +10,7 @@ from typing import Dict, Optional
 
 import numpy as np
 
-from ._tokens import TokenStats, token_stats
+from ._tokens import token_stats
 
 
 class ExactSum:

@@ -1,5 +1,6 @@
 """The ``fastxent`` command: ``fastxent info`` describes the installation, ``fastxent bench``
-runs the benchmark (its logic lives in :mod:`fastxent.bench`).
+runs the benchmark (its logic lives in :mod:`fastxent.bench`), ``fastxent eval`` evaluates saved
+logits (:mod:`fastxent._eval_cli`).
 
 Heavy imports (torch, the benchmark's peers) happen inside the subcommands, so ``fastxent --help``
 stays instant.
@@ -79,6 +80,11 @@ def build_parser():
                             "stderr, the Markdown tables to stdout.")
     bench.add_arguments(timing)
     timing.set_defaults(handler=lambda args, p=timing: bench.run_from_args(args, p))
+    from . import _eval_cli
+    evaluate = sub.add_parser("eval", help="perplexity, accuracy and entropy of saved logits",
+                              description=_eval_cli.__doc__.split("\n\n")[0])
+    _eval_cli.add_arguments(evaluate)
+    evaluate.set_defaults(handler=lambda args, p=evaluate: _eval_cli.run(args, p))
     return parser
 
 

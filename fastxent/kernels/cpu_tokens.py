@@ -18,7 +18,7 @@ from numba import njit, prange
 from .. import config
 from .._threading import parallel_guard
 from ._numeric import as_compute, block_max, exp_term, load
-from .cpu import _OVERLOAD, _REDUCE, _plan, _serial  # noqa: F401  (shared flags and planning)
+from .cpu import _REDUCE, _plan, _serial  # the CPU kernels' flags and planning
 
 _PARALLEL = dict(_REDUCE, parallel=True)
 _BLOCK = config.BLOCK
