@@ -1,0 +1,193 @@
+"""Evaluation of Dask arrays of logits, chunked along the rows and along the vocabulary.
+
+Each chunk's kernel returns partial statistics (maximum, sum of exponentials, the sum the
+entropy needs, the target's logit when the target falls in the chunk's columns, the argmax);
+the partials of a row's vocabulary chunks merge with the package's one log-sum-exp reduction
+(:func:`fastxent._tokens.merge_partials`), which is how logits sharded over the vocabulary by
+tensor parallelism come together. The target's rank needs the target's logit before it can
+count the logits above it, so chunks that split the vocabulary are read twice (once for the
+partials, once to count); chunks that hold whole rows are read once.
+
+Examples
+--------
+>>> import dask.array as da, numpy as np, fastxent as fx, fastxent.dask as fxd
+>>> rng = np.random.default_rng(0)
+>>> x = rng.standard_normal((1000, 512)).astype(np.float32)
+>>> t = rng.integers(0, 512, 1000)
+>>> logits = da.from_array(x, chunks=(250, 128))       # 4 row chunks x 4 vocabulary shards
+>>> result = fxd.evaluate(logits, da.from_array(t, chunks=250), topk=(1, 5))
+>>> whole = fx.Evaluator(topk=(1, 5)); _ = whole.update(x, t)
+>>> result.tokens, result.topk == whole.result().topk, abs(result.nll - whole.result().nll) < 1e-6
+(1000, True, True)
+"""
+
+import dask
+import dask.array as da
+import numpy as np
+
+from . import _checks, _dispatch, _dtypes
+from ._evaluator import Evaluator
+from ._tokens import ABSENT, IGNORED, TokenStats, finish, merge_partials
+
+__all__ = ["evaluate", "token_stats"]
+
+_PARTS = 6  # [m, s, w, y_t, argmax, above] per row, float64 (integers exact below 2**53)
+
+
+def _codes(t, col0, width, n_classes, ignore_index, *, absent=False):
+    """Target codes of the backends for the columns ``col0:col0 + width`` (see
+    ``fastxent._tokens``), after checking the range of the global targets."""
+    valid = t != ignore_index
+    bad = valid & ((t < 0) | (t >= n_classes))
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise IndexError(_checks.out_of_range((), int(t[i]), n_classes, ignore_index))
+    local = t - col0
+    inside = valid & (local >= 0) & (local < width) & (not absent)
+    return np.where(valid, np.where(inside, local, ABSENT), IGNORED).astype(np.int64)
+
+
+def _rows(x):
+    return _dtypes.storage_view(np.ascontiguousarray(x)).reshape(-1, x.shape[-1])
+
+
+def _partials(x, t, *, ignore_index, backend, block_info=None):
+    """Block function: partials of a logits chunk, (lead..., 6)."""
+    loc = block_info[0]["array-location"][-1]
+    n_classes = block_info[0]["shape"][-1]
+    codes = _codes(t.reshape(-1), loc[0], x.shape[-1], n_classes, ignore_index)
+    stats, ints = _dispatch.choose(backend, x).token_partials(_rows(x), codes)
+    ints = ints.copy()
+    ints[:, 0] = np.where(ints[:, 0] >= 0, ints[:, 0] + loc[0], -1)
+    return np.concatenate([stats, ints], axis=1).reshape(x.shape[:-1] + (_PARTS,))
+
+
+def _merge(p):
+    """Block function: (lead..., 6·K) partials of K vocabulary chunks → (lead..., 6)."""
+    lead = p.shape[:-1]
+    parts = p.reshape(-1, p.shape[-1] // _PARTS, _PARTS)
+    stats, ints = merge_partials(parts[..., :4], parts[..., 4:].astype(np.int64))
+    return np.concatenate([stats, ints], axis=1).reshape(lead + (_PARTS,))
+
+
+def _count(x, yt, t, *, ignore_index, backend, block_info=None):
+    """Block function: how many logits of the chunk exceed each row's target logit."""
+    n_classes = block_info[0]["shape"][-1]
+    codes = _codes(t.reshape(-1), 0, 0, n_classes, ignore_index, absent=True)
+    _, ints = _dispatch.choose(backend, x).token_partials(_rows(x), codes, yt.reshape(-1))
+    return ints[:, 1].reshape(x.shape[:-1] + (1,)).astype(np.float64)
+
+
+def _finish(p, rank, t, *, ignore_index):
+    """Block function: merged partials → (lead..., 5) [nll, lse, entropy, argmax, rank]."""
+    lead = p.shape[:-1]
+    p = p.reshape(-1, _PARTS)
+    ints = np.stack([p[:, 4], rank.reshape(-1)], axis=1).astype(np.int64)
+    fields = finish(p[:, :4], ints, t.reshape(-1) == ignore_index)
+    return np.stack(fields, axis=1).astype(np.float64).reshape(lead + (5,))
+
+
+def _inputs(logits, targets):
+    if not isinstance(logits, da.Array):
+        raise TypeError(f"logits must be a dask array, got {type(logits).__name__} (for NumPy "
+                        "arrays use fastxent.token_stats)")
+    if not _dtypes.is_float(logits.dtype):
+        _checks.logits_format(_dtypes.name(logits.dtype), logits.shape, shown=logits.dtype)
+    if logits.ndim == 0:
+        raise ValueError("logits must have at least one dimension (the classes, last)")
+    _checks.classes(logits.shape)
+    t = da.asarray(targets)
+    if t.dtype.kind not in "iu":
+        raise TypeError(f"targets must be integer class indices, got dtype {t.dtype}")
+    if t.shape != logits.shape[:-1]:
+        raise ValueError(f"targets has shape {t.shape}: expected the logits' shape without the "
+                         f"classes, {logits.shape[:-1]}")
+    return t.rechunk(logits.chunks[:-1])
+
+
+def token_stats(logits, targets, *, ignore_index=-100, backend="auto"):
+    """:func:`fastxent.token_stats` of a Dask array, lazily.
+
+    Parameters
+    ----------
+    logits : dask.array.Array, shape (..., V)
+        Chunked in any way, the vocabulary included.
+    targets : dask.array.Array or ndarray of int, shape (...)
+        Rechunked to the logits' row chunks.
+    ignore_index : int
+    backend : {"auto", "cpu", "numpy"}
+        The host backend each chunk runs on.
+
+    Returns
+    -------
+    TokenStats
+        Of Dask arrays chunked like the targets; nothing is computed until asked.
+    """
+    t = _inputs(logits, targets)
+    _dispatch.checked(backend)
+    te = t[..., None]
+    opts = dict(ignore_index=ignore_index, backend=backend)
+    kinds = dict(dtype=np.float64, meta=np.empty((0,) * logits.ndim, np.float64))
+    parts = da.map_blocks(_partials, logits, te,
+                          chunks=t.chunks + ((_PARTS,) * logits.numblocks[-1],), **opts, **kinds)
+    if logits.numblocks[-1] == 1:
+        merged = parts
+        rank = parts[..., 5:6]
+    else:
+        merged = parts.rechunk({logits.ndim - 1: -1}).map_blocks(
+            _merge, chunks=t.chunks + ((_PARTS,),), **kinds)
+        counts = da.map_blocks(_count, logits, merged[..., 3:4], te,
+                               chunks=t.chunks + ((1,) * logits.numblocks[-1],), **opts, **kinds)
+        # -1 where a row was not counted (its target logit is NaN)
+        rank = da.where(counts.min(axis=-1, keepdims=True) < 0, -1.0,
+                        counts.sum(axis=-1, keepdims=True))
+    out = da.map_blocks(_finish, merged, rank, te, ignore_index=ignore_index,
+                        chunks=t.chunks + ((5,),), **kinds)
+    fields = [out[..., k] for k in range(5)]
+    return TokenStats(*fields[:3], *(f.astype(np.int64) for f in fields[3:]))
+
+
+def _block_evaluator(nll, lse, entropy, argmax, rank, t, ids, *, topk, ignore_index):
+    ev = Evaluator(topk, ignore_index=ignore_index)
+    return ev.add(TokenStats(nll, lse, entropy, argmax, rank), t, sequence_ids=ids)
+
+
+def _merged(a, b):
+    return a.merge(b)
+
+
+def evaluate(logits, targets, *, topk=(1, 5, 10), ignore_index=-100, sequence_ids=None,
+             backend="auto", compute=True):
+    """Evaluate Dask arrays of logits: an :class:`fastxent.Evaluator` per row chunk, merged in a
+    tree.
+
+    Parameters
+    ----------
+    logits, targets, ignore_index, backend
+        As :func:`token_stats`.
+    topk : sequence of int
+    sequence_ids : dask.array.Array or ndarray of int, optional
+        The sequence of each token (the targets' shape), for per-sequence figures.
+    compute : bool
+        Compute now and return the :class:`fastxent.EvalResult`; False returns a
+        ``dask.delayed`` object of the merged :class:`fastxent.Evaluator` instead.
+
+    Returns
+    -------
+    EvalResult or Delayed
+    """
+    stats = token_stats(logits, targets, ignore_index=ignore_index, backend=backend)
+    t = _inputs(logits, targets)
+    ids = None if sequence_ids is None else da.asarray(sequence_ids).rechunk(t.chunks)
+    blocks = [a.to_delayed().ravel() for a in (*stats, t)]
+    id_blocks = ids.to_delayed().ravel() if ids is not None else [None] * len(blocks[0])
+    make = dask.delayed(_block_evaluator, pure=True)
+    evs = [make(*bs, i, topk=tuple(topk), ignore_index=ignore_index)
+           for *bs, i in zip(*blocks, id_blocks)]
+    merge = dask.delayed(_merged, pure=True)
+    while len(evs) > 1:  # a tree: pairs, then pairs of pairs
+        evs = [merge(evs[k], evs[k + 1]) if k + 1 < len(evs) else evs[k]
+               for k in range(0, len(evs), 2)]
+    if not evs:
+        evs = [dask.delayed(Evaluator(topk, ignore_index=ignore_index))]
+    return evs[0].compute().result() if compute else evs[0]
