@@ -192,3 +192,32 @@ def logsumexp(logits):
     res = ad.empty((n,), "float64" if dname == "float64" else "float32")
     be.logsumexp(x, None, ad.view(res), ad.stream(), ad.scratch)
     return ad.reshape(res, lead)
+
+
+def token_stats(logits, targets, *, ignore_index):
+    """``fastxent.token_stats`` on the GPU: the statistics come back to the host (O(N))."""
+    from ._tokens import IGNORED, finish
+    ignore = _checks.ignore_index(ignore_index)
+    be = _backend()
+    ad = _arrays.adapter(logits)
+    dname, shape = _logits(ad, logits)
+    _checks.classes(shape)
+    lead, v = shape[:-1], shape[-1]
+    n = int(np.prod(lead))
+    stream = ad.stream()
+    # the targets are checked and coded on the host: N integers, against N·V logits
+    host_t = (_foreign(ad, targets).copy_to_host(stream=stream) if _arrays.is_device(targets)
+              else np.asarray(targets))
+    stream.synchronize()
+    kind, t = _checks.targets(host_t, shape, ignore)
+    if kind != "index":
+        raise TypeError("token_stats needs integer class indices as targets, got "
+                        f"dtype {host_t.dtype}")
+    ignored = t < 0
+    codes = ad.cuda.to_device(np.where(ignored, IGNORED, t), stream=stream)
+    x = ad.view(logits).reshape(n, v)
+    stats, ints = be.token_partials(x, codes, None, stream)
+    stats, ints = stats.copy_to_host(stream=stream), ints.copy_to_host(stream=stream)
+    stream.synchronize()
+    return tuple(f.reshape(lead) for f in finish(stats, ints, ignored))
+

@@ -51,3 +51,7 @@ CUDA_MAX_BLOCKS = None
 #: Few rows with many classes are cut into segments of at least this many columns, one block
 #: each (batch-1 scoring of a 256K vocabulary: about 60 segments, 8 KiB of bfloat16 each).
 CUDA_SPLIT_MIN_COLUMNS = 4096
+
+#: Threads per block of the token-statistics kernel (a power of two, at most 256): a block owns a
+#: row at a time.
+CUDA_TOKEN_THREADS = 256

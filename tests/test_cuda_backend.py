@@ -45,6 +45,7 @@ def small_launches(monkeypatch):
         monkeypatch.setattr(config, "CUDA_WARP_BLOCK_THREADS", 32)
         monkeypatch.setattr(config, "CUDA_BLOCK_THREADS", 64)
         monkeypatch.setattr(config, "CUDA_REDUCE_THREADS", 16)
+        monkeypatch.setattr(config, "CUDA_TOKEN_THREADS", 16)
 
 
 @pytest.fixture(params=["warp", "block"])
@@ -407,3 +408,35 @@ def test_cupy_arrays(rng):
     want_loss, want_grad = oracle(x, t)
     np.testing.assert_allclose(float(loss), want_loss, rtol=1e-6)
     assert_grad_close(cupy.asnumpy(grad), want_grad, F32)
+
+
+# --- token statistics ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+def test_token_stats_match_cpu(rng, dtype):
+    from test_tokens import assert_stats_close, oracle
+    x = random_logits(rng, (5, V), dtype)
+    x[0, :5] = -np.inf  # masked classes
+    x[1, [3, 40]] = 40.0  # a tie: the first column wins
+    x[2, 11] = np.nan
+    x[3, :] = -np.inf
+    t = random_targets(rng, (5,), V, ignore_index=-100)
+    t[:4] = [6, 2, 0, 1]
+    got = fx.token_stats(x, t, backend="cuda")
+    assert got.argmax[1] == 3 and got.argmax[2] == 11 and got.lse[3] == -np.inf
+    assert_stats_close(got, oracle(x, t), dtype)
+    np.testing.assert_array_equal(fx.token_stats(x, t, backend="cuda").nll, got.nll)  # deterministic
+
+
+def test_token_stats_of_device_arrays(rng):
+    from test_tokens import assert_stats_close, oracle
+    x = random_logits(rng, (2, 3, V), F32)
+    x[0, 1, 5] = np.inf
+    t = random_targets(rng, (2, 3), V, ignore_index=-100)
+    got = fx.token_stats(cuda.to_device(x), cuda.to_device(t))
+    assert isinstance(got.nll, np.ndarray) and got.nll.shape == (2, 3)
+    assert_stats_close(got, oracle(x, t), F32)
+    with pytest.raises(IndexError, match="is out of range"):
+        fx.token_stats(cuda.to_device(x), cuda.to_device(np.full((2, 3), V)))
+

@@ -113,3 +113,17 @@ def test_small_kernels_ptx(target_cc):
         if name != "rows_kernel":
             ptx = ptx_of(name, args, target_cc)
             assert "bar.sync" in ptx  # the one-block tree reductions
+
+
+@pytest.mark.parametrize("target_cc", [(8, 0), (9, 0)], indirect=True, ids=["sm80", "sm90"])
+@pytest.mark.parametrize("dtype", list(STORAGE))
+def test_token_kernel_ptx(target_cc, dtype):
+    from fastxent.kernels import _cuda_tokens
+    x = np.zeros(N * V, STORAGE[dtype])
+    args = (x, N, V, np.zeros(N, np.int64), np.zeros(1), False, np.zeros((N, 4)),
+            np.zeros((N, 2), np.int64))
+    signature = tuple(numba.typeof(a) for a in args)
+    ptx, _ = cuda.compile_ptx(_cuda_tokens.token_kernel.py_func, signature, cc=target_cc)
+    assert f".target sm_{target_cc[0]}{target_cc[1]}" in ptx
+    assert "bar.sync" in ptx  # the block's tree merge
+    assert ".local" not in ptx

@@ -87,3 +87,23 @@ def run(x, kind, targets, ignore, probs, weight, eps, z, softcap, want_sy, reduc
 def logsumexp(x, softcap, out, stream, scratch):
     """Queues the log-sum-exp of each row of the (N, V) storage view ``x`` into ``out`` (N,)."""
     _launch(_plan.lse_call(x, softcap, out, scratch, _dummy, _device_facts()), stream)
+
+
+def token_partials(x, codes, thresholds, stream):
+    """Queues the per-token partial statistics of the (N, V) storage view ``x`` (a Numba device
+    array) on ``stream``: ``codes`` and ``thresholds`` (or None) as ``reference.token_partials``
+    takes them, on the device. Returns the device arrays ``(stats (N, 4), ints (N, 2))``."""
+    from .. import config
+    from . import _cuda_tokens
+    n, v = x.shape
+    stats = cuda.device_array((n, 4), np.float64, stream=stream)
+    ints = cuda.device_array((n, 2), np.int64, stream=stream)
+    if n:
+        sms, _ = _device_facts()
+        blocks = min(n, sms * _cuda_tokens.BLOCKS_PER_SM, config.CUDA_MAX_BLOCKS or n)
+        threads = min(config.CUDA_TOKEN_THREADS, _cuda_tokens.THREADS)
+        thr = _dummy(np.float64) if thresholds is None else thresholds
+        _cuda_tokens.token_kernel[blocks, threads, stream](
+            x.reshape(-1), n, v, codes, thr, thresholds is not None, stats, ints)
+    return stats, ints
+
