@@ -29,7 +29,7 @@ from . import _checks, _dispatch, _dtypes
 from ._evaluator import Evaluator
 from ._tokens import ABSENT, IGNORED, TokenStats, finish, merge_partials
 
-__all__ = ["evaluate", "token_stats"]
+__all__ = ["evaluate", "from_npy", "token_stats"]
 
 _PARTS = 6  # [m, s, w, y_t, argmax, above] per row, float64 (integers exact below 2**53)
 
@@ -145,6 +145,61 @@ def token_stats(logits, targets, *, ignore_index=-100, backend="auto"):
                         chunks=t.chunks + ((5,),), **kinds)
     fields = [out[..., k] for k in range(5)]
     return TokenStats(*fields[:3], *(f.astype(np.int64) for f in fields[3:]))
+
+
+def _read(path, lo, hi, c0, c1):
+    """Rows ``lo:hi`` (and columns ``c0:c1`` of the last axis) of a memory-mapped ``.npy`` file:
+    only they are read."""
+    return np.load(path, mmap_mode="r")[lo:hi, ..., c0:c1]
+
+
+def from_npy(paths, *, rows=None, columns=None, dtype=None):
+    """A Dask array of the ``.npy`` files ``paths`` stacked along their first axis, each chunk
+    read from its memory-mapped file by the worker that needs it (nothing is loaded up front).
+
+    Parameters
+    ----------
+    paths : str or sequence of str
+        Files of arrays of two or more dimensions, with the same shape after the first axis and
+        the same dtype.
+    rows : int, optional
+        Rows (first-axis entries) per chunk; by default about 128 MiB of data per chunk.
+    columns : int, optional
+        Elements of the last axis per chunk (a vocabulary shard); by default the whole axis.
+    dtype : str or dtype, optional
+        Read the files as this dtype of the same size (``"bfloat16"``: NumPy saves bfloat16 as
+        raw 2-byte values).
+    """
+    import dask
+
+    paths = [paths] if isinstance(paths, str) else list(paths)
+    if not paths:
+        raise ValueError("from_npy needs at least one file")
+    read = dask.delayed(_read, pure=True)
+    arrays = []
+    for path in paths:
+        head = np.load(path, mmap_mode="r")
+        want = head.dtype if dtype is None else _dtypes.resolve(str(dtype))
+        if want.itemsize != head.dtype.itemsize:
+            raise ValueError(f"{path} holds {head.dtype} values, which cannot be read as {want}")
+        if head.ndim < 2:
+            raise ValueError(f"{path} has shape {head.shape}: expected rows of logits, (..., V)")
+        if arrays and (head.shape[1:] != arrays[0].shape[1:] or want != arrays[0].dtype):
+            raise ValueError(f"{path} has shape {head.shape} and dtype {want}, unlike "
+                             f"{paths[0]}: {arrays[0].shape}, {arrays[0].dtype}")
+        v = head.shape[-1]
+        step = rows or max(1, (128 << 20) // max(head[:1].nbytes, 1))
+        cstep = columns or v
+        stripes = []
+        for lo in range(0, head.shape[0], step):
+            hi = min(lo + step, head.shape[0])
+            parts = [da.from_delayed(read(path, lo, hi, c0, min(c0 + cstep, v)),
+                                     (hi - lo,) + head.shape[1:-1] + (min(c0 + cstep, v) - c0,),
+                                     dtype=head.dtype) for c0 in range(0, v, cstep)]
+            stripes.append(da.concatenate(parts, axis=-1))
+        whole = da.concatenate(stripes, axis=0)
+        arrays.append(whole if dtype is None else whole.view(want))
+    return da.concatenate(arrays, axis=0)
 
 
 def _block_evaluator(nll, lse, entropy, argmax, rank, t, ids, *, topk, ignore_index):

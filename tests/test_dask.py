@@ -80,3 +80,28 @@ def test_errors(client, rng):
     t[4] = 20
     with pytest.raises(IndexError, match="= 20 is out of range"):
         fxd.evaluate(da.from_array(x, chunks=(5, 10)), t)
+
+
+def test_from_npy_files_with_vocabulary_shards(client, rng, tmp_path):
+    xs = [random_logits(rng, (n, 3, 200), F32) for n in (7, 12)]
+    t = random_targets(rng, (19, 3), 200, ignore_index=-100)
+    for i, x in enumerate(xs):
+        np.save(tmp_path / f"part{i}.npy", x)
+    files = [str(tmp_path / f"part{i}.npy") for i in range(2)]
+    logits = fxd.from_npy(files, rows=5, columns=64)
+    assert logits.shape == (19, 3, 200) and logits.chunks[0] == (5, 2, 5, 5, 2)
+    assert logits.chunks[-1] == (64, 64, 64, 8)
+    whole = np.concatenate(xs)
+    np.testing.assert_array_equal(logits.compute(), whole)
+    got = fxd.evaluate(logits, t, topk=(1, 10))
+    ev = fx.Evaluator(topk=(1, 10))
+    ev.update(whole, t)
+    want = ev.result()
+    assert (got.tokens, got.topk, got.accuracy) == (want.tokens, want.topk, want.accuracy)
+    np.testing.assert_allclose(got.nll, want.nll, rtol=1e-6)
+    b = random_logits(rng, (4, 50), BF16)
+    np.save(tmp_path / "b.npy", b)  # raw 2-byte values
+    np.testing.assert_array_equal(fxd.from_npy(str(tmp_path / "b.npy"),
+                                               dtype="bfloat16").compute(), b)
+    with pytest.raises(ValueError, match="unlike"):
+        fxd.from_npy([files[0], str(tmp_path / "b.npy")])

@@ -16,12 +16,19 @@ A backend module provides
 
         grad = (softmax(y)·(c0·Σwq + c1·Σw + c2·lse) − c0·w·q − c1·w) · dy/dx
 
+``token_partials(x, targets, thresholds=None) -> (stats (N, 4) float64, ints (N, 2) int64)``
+    the per-token statistics' partials over the columns of ``x``: ``[m, s, w, y_t]`` and
+    ``[argmax, above]``, with ``targets`` coded as columns of ``x``, -1 (the target is in another
+    vocabulary shard) or -2 (ignored); see ``reference.token_partials``. Partials of column
+    chunks merge with ``fastxent._tokens.merge_partials``.
+
 Every statistic and option is defined once, in float64 NumPy, by :mod:`.reference`. The public
 functions in ``fastxent._api`` turn these statistics into losses; kernels never see user arguments.
 
 The CUDA backend (:mod:`.cuda`) computes the same statistics and gradient, but its results stay
 on the GPU, so its interface takes the whole call at once (``run``: statistics, gradient and the
 reduction of the losses, queued on a stream; ``logsumexp``), and ``fastxent._device`` is its
-``_api``. Its device code is in ``_cuda_kernels``, how it is launched in ``_cuda_plan`` (neither
+``_api``; its ``token_partials`` takes and returns device arrays, on a stream (the kernel is in
+``_cuda_tokens``). Its device code is in ``_cuda_kernels``, how it is launched in ``_cuda_plan`` (neither
 needs a GPU to import), the merge across threads in ``_groups`` and the 8-byte words in ``_lanes``.
 """

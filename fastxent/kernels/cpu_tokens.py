@@ -33,9 +33,11 @@ IGNORED = -2
 def _block_sums(xs, mb, thr):
     """(Σ e, Σ e·d, #{y > thr}) with y the logits, d = y − mb and e = exp(d), one walk over the
     block (in L1) for all three."""
-    s = mb - mb
-    w = mb - mb
-    k = 0
+    zero = mb - mb
+    one = as_compute(1.0, xs)
+    s = zero
+    w = zero
+    k = zero  # counted in the compute type (exact up to 2**24 > BLOCK): every lane stays float
     for j in range(xs.size):
         y = load(xs[j])
         d = y - mb
@@ -43,8 +45,8 @@ def _block_sums(xs, mb, thr):
         # -inf logits (masked classes) give d = -inf; clamped, their e·d is about -1e-36
         w += e * (d if d > _FLUSH else _FLUSH)
         s += e
-        k += 1 if y > thr else 0
-    return s, w, k
+        k += one if y > thr else zero
+    return s, w, np.int64(k)
 
 
 @njit(**_REDUCE)
