@@ -33,7 +33,7 @@ IGNORED = -2
 def _block_sums(xs, mb, thr):
     """(Σ e, Σ e·d, #{y > thr}) with y the logits, d = y − mb and e = exp(d), one walk over the
     block (in L1) for all three."""
-    zero = mb - mb
+    zero = as_compute(0.0, xs)  # (not mb - mb: mb may be +inf)
     one = as_compute(1.0, xs)
     s = zero
     w = zero
