@@ -66,12 +66,26 @@ def _fsum(values):
 
 
 def _exact(values):
-    """The exact sum of a float64 array, rounded once; infinities and NaN summed apart."""
+    """Floats whose exact sum is the exact sum of a float64 array (so that adding them to an
+    :class:`ExactSum` keeps it exact, however the data were cut into batches): the rounded sum,
+    then the rounded remainders until nothing remains (two or three ``math.fsum`` passes).
+    Infinities and NaN are summed apart, into one value."""
     a = np.asarray(values, dtype=np.float64).ravel()
     finite = np.isfinite(a)
     if not finite.all():
-        return float(np.sum(a[~finite]))
-    return _fsum(a.tolist())
+        return [float(np.sum(a[~finite]))]
+    vals = a.tolist()
+    parts = []
+    while True:
+        rest = _fsum(vals + [-p for p in parts])
+        if rest == 0.0:
+            return parts
+        parts.append(rest)
+
+
+def _add(total, values):
+    for p in _exact(values):
+        total.add(p)
 
 
 @dataclass
@@ -200,9 +214,9 @@ class Evaluator:
         self.correct += int(np.count_nonzero(stats.argmax[valid] == t[valid]))
         for k in self.topk:
             self.in_topk[k] += int(np.count_nonzero(rank < k))
-        self.nll_sum.add(_exact(nll))
-        self.entropy_sum.add(_exact(stats.entropy[valid]))
-        self.rr_sum.add(_exact(1.0 / (rank + 1.0)))
+        _add(self.nll_sum, nll)
+        _add(self.entropy_sum, stats.entropy[valid])
+        _add(self.rr_sum, 1.0 / (rank + 1.0))
         if sequence_ids is not None:
             self._add_sequences(stats.nll, valid, t.shape, sequence_ids)
         return self
