@@ -150,7 +150,7 @@ def run(args, parser):
     try:
         result, facts = evaluate(args)
     except (FileNotFoundError, FileFormatError, ValueError, IndexError, zipfile.BadZipFile,
-            zlib.error, EOFError) as exc:
+            zlib.error, EOFError, RuntimeError) as exc:  # RuntimeError: a backend not usable here
         parser.error(str(exc))
     if args.json:
         print(json.dumps(dict(result.as_dict(), **facts), indent=2))

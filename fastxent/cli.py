@@ -79,12 +79,12 @@ def build_parser():
                             description=bench.__doc__.split("\n\n")[0] + " Progress goes to "
                             "stderr, the Markdown tables to stdout.")
     bench.add_arguments(timing)
-    timing.set_defaults(handler=lambda args, p=timing: bench.run_from_args(args, p))
+    timing.set_defaults(handler=lambda args, _top, p=timing: bench.run_from_args(args, p))
     from . import _eval_cli
     evaluate = sub.add_parser("eval", help="perplexity, accuracy and entropy of saved logits",
                               description=_eval_cli.__doc__.split("\n\n")[0])
     _eval_cli.add_arguments(evaluate)
-    evaluate.set_defaults(handler=lambda args, p=evaluate: _eval_cli.run(args, p))
+    evaluate.set_defaults(handler=lambda args, _top, p=evaluate: _eval_cli.run(args, p))
     return parser
 
 

@@ -123,6 +123,14 @@ def test_errors_say_what_is_wrong(saved, capsys):
     t_bad[1, 2] = 500
     np.save(d / "bad_t.npy", t_bad)
     assert "is out of range" in _error(capsys, d / "logits.npy", d / "bad_t.npy")
+    try:
+        from numba import cuda
+        gpu = cuda.is_available()
+    except ImportError:
+        gpu = False
+    if not gpu:
+        assert "backend='cuda' is not usable here" in _error(
+            capsys, d / "logits.npy", d / "targets.npy", "--backend", "cuda")
     assert "--topk must be integers" in _error(capsys, d / "logits.npy", d / "targets.npy",
                                                "--topk", "1,x")
 
