@@ -25,6 +25,18 @@ def is_device(obj):
     return hasattr(obj, "__cuda_array_interface__") or type(obj).__name__ == "FakeCUDAArray"
 
 
+def torch_bfloat16_host(obj):
+    """A zero-copy ``ml_dtypes.bfloat16`` NumPy view of a CPU PyTorch bfloat16 tensor (which
+    ``np.asarray`` cannot convert); None for anything else."""
+    if type(obj).__module__.split(".")[0] != "torch" or getattr(obj, "device", None) is None:
+        return None
+    import torch
+    if obj.dtype != torch.bfloat16 or obj.device.type != "cpu" or obj.requires_grad:
+        return None
+    import ml_dtypes
+    return obj.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+
+
 #: Storage dtype of each dtype name on the GPU (Numba has no bfloat16 type).
 _STORAGE = {"float32": np.float32, "float64": np.float64, "float16": np.int16,
             "bfloat16": np.uint16, "int64": np.int64}

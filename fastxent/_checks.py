@@ -19,8 +19,9 @@ def logits_array(logits, *, name="logits"):
         if _arrays.is_device(logits):
             raise TypeError(f"{name} lives on a GPU, but the 'cpu' and 'numpy' backends take host "
                             "arrays: pass backend='cuda' (or 'auto'), or copy it to the host")
+        a = _arrays.torch_bfloat16_host(logits)
         try:
-            a = np.asarray(logits)
+            a = np.asarray(logits) if a is None else a
         except Exception as exc:  # e.g. a torch tensor that requires grad
             raise TypeError(f"{name} must be an array of floats, got {type(logits).__name__}: "
                             f"{exc}") from exc

@@ -84,6 +84,16 @@ def _grad_output(ad, value, reduction, lead):
                                   stream=ad.stream())
 
 
+def _rows(logits):
+    """(backend, adapter, dtype name, shape, lead shape, V, N) of GPU logits, checked."""
+    be = _backend()
+    ad = _arrays.adapter(logits)
+    dname, shape = _logits(ad, logits)
+    _checks.classes(shape)
+    lead, v = shape[:-1], shape[-1]
+    return be, ad, dname, shape, lead, v, int(np.prod(lead))
+
+
 def _raise_bad_target(bad, targets, lead, n_classes, ignore, stream):
     """The one wait of a call: the flag of ``targets_kernel``, read back after every launch."""
     flag = bad.copy_to_host(stream=stream)
@@ -113,12 +123,7 @@ def cross_entropy(logits, targets, *, reduction, ignore_index, weight, label_smo
     cap = _checks.softcap(softcap)
     if inplace and out is not None:
         raise ValueError("pass either out= or inplace=True, not both")
-    be = _backend()
-    ad = _arrays.adapter(logits)
-    dname, shape = _logits(ad, logits)
-    _checks.classes(shape)
-    lead, v = shape[:-1], shape[-1]
-    n = int(np.prod(lead))
+    be, ad, dname, shape, lead, v, n = _rows(logits)
     compute = "float64" if dname == "float64" else "float32"
     kind, t = _targets(ad, targets, shape)
     w = _weight(ad, weight, v, compute)
@@ -198,12 +203,7 @@ def token_stats(logits, targets, *, ignore_index):
     """``fastxent.token_stats`` on the GPU: the statistics come back to the host (O(N))."""
     from ._tokens import IGNORED, finish
     ignore = _checks.ignore_index(ignore_index)
-    be = _backend()
-    ad = _arrays.adapter(logits)
-    dname, shape = _logits(ad, logits)
-    _checks.classes(shape)
-    lead, v = shape[:-1], shape[-1]
-    n = int(np.prod(lead))
+    be, ad, dname, shape, lead, v, n = _rows(logits)
     stream = ad.stream()
     # the targets are checked and coded on the host: N integers, against N·V logits
     host_t = (_foreign(ad, targets).copy_to_host(stream=stream) if _arrays.is_device(targets)

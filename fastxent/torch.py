@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from . import _api, _dtypes
+from ._arrays import torch_bfloat16_host
 
 __all__ = ["CrossEntropyLoss", "cross_entropy"]
 
@@ -49,8 +50,7 @@ def _legacy_reduction(size_average, reduce):
 def _host(t):
     """A zero-copy NumPy view of a CPU tensor (bfloat16 through ``ml_dtypes``)."""
     if t.dtype == torch.bfloat16:
-        import ml_dtypes
-        return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+        return torch_bfloat16_host(t)
     return t.numpy()
 
 

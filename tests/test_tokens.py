@@ -172,3 +172,16 @@ def test_bad_input():
         fx.token_stats(np.zeros((2, 0), np.float32), np.array([-100, -100]))
     with pytest.raises(ValueError, match="backend='gpu' is not one of"):
         fx.token_stats(x, np.array([0, 1]), backend="gpu")
+
+
+def test_torch_cpu_tensors_bfloat16_included():
+    torch = pytest.importorskip("torch")
+    x = torch.randn(6, 50, generator=torch.Generator().manual_seed(0))
+    t = torch.randint(0, 50, (6,), generator=torch.Generator().manual_seed(1))
+    for dtype in (torch.float32, torch.bfloat16):
+        got = fx.token_stats(x.to(dtype), t)
+        want = oracle(x.to(dtype).float().numpy(), t.numpy())
+        assert_stats_close(got, want, F32)
+    ev = fx.Evaluator()
+    ev.update(x.bfloat16(), t)
+    assert ev.result().tokens == 6

@@ -18,7 +18,7 @@ from numba import njit, prange
 from .. import config
 from .._threading import parallel_guard
 from ._numeric import as_compute, block_max, exp_term, load
-from .cpu import _REDUCE, _plan, _serial  # the CPU kernels' flags and planning
+from .cpu import _REDUCE, _any_nan, _plan, _serial  # the CPU kernels' flags and helpers
 
 _PARALLEL = dict(_REDUCE, parallel=True)
 _BLOCK = config.BLOCK
@@ -68,15 +68,6 @@ def _first(xs, value):
 
 
 @njit(**_REDUCE)
-def _has_nan(xs):
-    for j in range(xs.size):
-        y = load(xs[j])
-        if y != y:
-            return True
-    return False
-
-
-@njit(**_REDUCE)
 def merge3(m, s, w, m2, s2, w2):
     """Merge two (max, Σ exp(y - max), Σ exp(y - max)·(y - max)) triples, the second with a
     finite or +inf maximum."""
@@ -108,13 +99,13 @@ def _segment(x, r, lo, hi, counting, thr, stats, ints, k):
         if mb > -np.inf:
             sb, wb, kb = _block_sums(xs, mb, thr)
             above += kb
-            if sb != sb and not nan and _has_nan(xs):
+            if sb != sb and not nan and _any_nan(xs):
                 nan = True
                 arg = b + _first(xs, np.nan)
             m, s, w = merge3(m, s, w, np.float64(mb), np.float64(sb), np.float64(wb))
         else:
             above += _count_above(xs, thr)  # (the thresholds' NaN when not counting: 0)
-            if not nan and _has_nan(xs):  # the maximum may have passed over a NaN among -inf
+            if not nan and _any_nan(xs):  # the maximum may have passed over a NaN among -inf
                 nan = True
                 arg = b + _first(xs, np.nan)
     stats[k, 0] = np.nan if nan else m
