@@ -588,3 +588,11 @@ def token_partials(x, targets, thresholds=None):
     helpers here)."""
     from .cpu_tokens import token_partials as kernel
     return kernel(x, targets, thresholds)
+
+
+def binary(kind, x, targets, weight, pos_weight, eps=0.0, losses=None, grad=None,
+           grad_scale=None):
+    """See ``reference.binary``; the kernel is in :mod:`.cpu_binary`."""
+    from .cpu_binary import binary as kernel
+    return kernel(kind, x, targets, weight, pos_weight, eps, losses, grad, grad_scale)
+

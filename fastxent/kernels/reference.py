@@ -133,3 +133,48 @@ def token_partials(x, targets, thresholds=None):
         stats[rws] = np.where(keep[:, None], np.stack([m, s, w, yt], axis=-1), np.nan)
         ints[rws] = np.where(keep[:, None], np.stack([arg, above], axis=-1), -1)
     return stats, ints
+
+
+def binary(kind, x, targets, weight, pos_weight, eps=0.0, losses=None, grad=None,
+           grad_scale=None):
+    """Element-wise binary cross-entropy of the (N, V) storage view ``x``: logits (``kind`` 0)
+    or probabilities (``kind`` 1), against the targets (a storage view of ``x``'s shape).
+
+    ``weight`` is None or a float array broadcast to (N, V), ``pos_weight`` None or (V,) (logits
+    only); ``eps`` > 0 clips probabilities to [eps, 1 - eps] instead of clamping their logs at
+    -100. Returns ``(row sums (N,) float64, count of probabilities or targets outside [0, 1])``.
+    Given ``losses`` (N, V) the weighted element losses are written there; given ``grad`` (a
+    storage view) and ``grad_scale`` (broadcast to (N, V)), ``grad_scale·weight·dloss/dx``.
+    """
+    n, v = x.shape
+    sums = np.zeros(n)
+    bad = 0
+    for rws in _row_blocks(n, v):
+        a = decode(x[rws])
+        y = decode(targets[rws])
+        w = 1.0 if weight is None else np.asarray(weight[rws], dtype=np.float64)
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            if kind == 0:
+                pw = 1.0 if pos_weight is None else np.asarray(pos_weight, dtype=np.float64)
+                lw = 1.0 + (pw - 1.0) * y
+                loss = (1.0 - y) * a + lw * np.logaddexp(0.0, -a)
+                e = np.exp(-np.abs(a))
+                sig = np.where(a >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+                d = lw * sig - pw * y
+            else:
+                bad += int(np.count_nonzero(~((a >= 0) & (a <= 1) & (y >= 0) & (y <= 1))))
+                p = np.clip(a, eps, 1.0 - eps) if eps > 0 else a
+                log_p, log_q = np.log(p), np.log1p(-p)
+                if eps > 0:  # 1 - p at the upper clip is eps itself
+                    log_q = np.where(a >= 1.0 - eps, np.log(eps), log_q)
+                if eps <= 0:
+                    log_p, log_q = np.maximum(log_p, -100.0), np.maximum(log_q, -100.0)
+                loss = -(y * log_p + (1.0 - y) * log_q)
+                d = (p - y) / np.maximum(p * (1.0 - p), 1e-12)
+            loss = w * loss
+        sums[rws] = loss.sum(axis=-1)
+        if losses is not None:
+            losses[rws] = loss
+        if grad is not None:
+            encode_into(grad[rws], w * np.asarray(grad_scale[rws], dtype=np.float64) * d)
+    return sums, bad

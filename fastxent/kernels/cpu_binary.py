@@ -1,0 +1,176 @@
+"""Numba CPU kernels of the element-wise binary losses (``binary`` in ``kernels/__init__.py``):
+binary cross-entropy on logits (many independent sigmoids per row: multi-label classification)
+and on probabilities, with the fused gradient on logits.
+
+Each element is independent, so the work is cut into (row, column chunk) tasks spread over
+threads, walked in blocks whose float32 sums are added into a float64 total per task. The
+logarithms are the vectorising ones of :mod:`._logs`.
+
+On logits ``x``, targets ``y``, positive-class weight ``pw`` (PyTorch's stable form)::
+
+    loss = (1 - y)·x + (1 + (pw - 1)·y)·softplus(-x)
+    dloss/dx = (1 + (pw - 1)·y)·sigmoid(x) - pw·y
+
+On probabilities ``p``: ``loss = -(y·log p + (1 - y)·log(1 - p))``, each log clamped at -100
+(PyTorch's ``BCELoss``), or with ``eps`` the probabilities clipped to [eps, 1 - eps] instead
+(scikit-learn, Keras). ``log(1 - p)`` is ``log1p(-p)`` below one half, where ``1 - p`` would
+round. Probabilities or targets outside [0, 1] are counted, and the caller raises.
+"""
+
+import numpy as np
+from numba import njit, prange, types
+from numba.extending import overload
+
+from .._threading import parallel_guard
+from ._logs import flog, flog1p
+from ._numeric import as_compute, fexp as exp32_or_libm, load, store
+from .cpu import _REDUCE, _plan, _serial
+
+# NumPy's error model: a division by zero gives inf instead of raising, so loops with divisions
+# vectorise (Python's model checks every divisor)
+_ELEMENT = dict(_REDUCE, error_model="numpy")
+_PARALLEL = dict(_ELEMENT, parallel=True)
+# elements per float32 partial sum: 32 per SIMD lane, so that the sum of a task keeps float32
+# rounding far below 1e-6 relative (the loss is the sum itself, not its logarithm)
+_SUM = 256
+
+LOGITS, PROBS = 0, 1
+
+
+def _at2(w, r, j):
+    """``w[r, j]``, or 1 when ``w`` is None."""
+    return 1.0
+
+
+@overload(_at2, inline="always")
+def _at2_impl(w, r, j):
+    if isinstance(w, types.NoneType):
+        return lambda w, r, j: np.float32(1.0)
+    return lambda w, r, j: w[r, j]
+
+
+def _at1(w, j):
+    return 1.0
+
+
+@overload(_at1, inline="always")
+def _at1_impl(w, j):
+    if isinstance(w, types.NoneType):
+        return lambda w, j: np.float32(1.0)
+    return lambda w, j: w[j]
+
+
+@njit(inline="always", **_ELEMENT)
+def _logit_term(x, y, pw, one):
+    """(loss, dloss/dx) of one logit, from one exponential: e = exp(-|x|) gives both
+    softplus(-x) = max(-x, 0) + log1p(e) and sigmoid(x)."""
+    lw = one + (pw - one) * y
+    e = exp32_or_libm(-abs(x))
+    neg = -x
+    loss = (one - y) * x + lw * ((neg if neg > 0 else one - one) + flog1p(e))
+    sig = one / (one + e)
+    sig = sig if x >= 0 else e * sig
+    return loss, lw * sig - pw * y
+
+
+@njit(inline="always", **_ELEMENT)
+def _prob_term(p, y, eps, one):
+    """(loss, dloss/dp) of one probability, and whether p and y are in [0, 1]. ``eps`` > 0 clips
+    p to [eps, 1 - eps]; 0 clamps the logs at -100 instead.
+
+    One log and one log1p of the smaller of p and 1 - p (1 - p is exact when p >= 1/2), so
+    that neither loses precision near 0 or 1."""
+    ok = p >= 0 and p <= one and y >= 0 and y <= one
+    zero = one - one
+    upper = p >= one / (one + one)
+    small = max(one - p, eps) if upper else max(p, eps)
+    log_small = flog(small)
+    log_big = flog1p(-small)
+    log_p = log_big if upper else log_small
+    log_q = log_small if upper else log_big
+    floor = zero - np.float32(100.0)
+    if not eps > zero:
+        log_p = log_p if log_p > floor else floor
+        log_q = log_q if log_q > floor else floor
+    loss = -(y * log_p + (one - y) * log_q)
+    # PyTorch's BCELoss backward: (p - y) / max(p·(1 - p), 1e-12)
+    den = p * (one - p)
+    tiny = zero + np.float32(1e-12)
+    d = (p - y) / (den if den > tiny else tiny)
+    return loss, d, ok
+
+
+def _term(x, y, pw, c, one):
+    """(loss, derivative, inputs in range) of one element: on a logit when ``c`` is None, else
+    on a probability with ``c`` the clipping eps (0: PyTorch's clamp of the logs)."""
+
+
+@overload(_term, inline="always")
+def _term_impl(x, y, pw, c, one):
+    if isinstance(c, types.NoneType):
+        def logit(x, y, pw, c, one):
+            loss, d = _logit_term(x, y, pw, one)
+            return loss, d, True
+        return logit
+    return lambda x, y, pw, c, one: _prob_term(x, y, c, one)
+
+
+@njit(**_PARALLEL)
+def _tasks(x, y, w, pw, c, losses, g, gs, nchunk, size, part, bad):
+    n, v = x.shape
+    one = as_compute(1.0, x)
+    for k in prange(n * nchunk):
+        r = k // nchunk
+        lo = (k % nchunk) * size
+        hi = min(lo + size, v)
+        total = 0.0
+        nbad = 0
+        for b in range(lo, hi, _SUM):
+            e = min(b + _SUM, hi)
+            # 1-D slices walked from 0: no wrap-around of negative indices, which would turn
+            # the loads into gathers (see cpu._segment_stats)
+            xs = x[r, b:e]
+            ys = y[r, b:e]
+            s = one - one
+            for j in range(e - b):
+                xv = load(xs[j])
+                yv = as_compute(load(ys[j]), x)
+                wv = as_compute(_at2(w, r, b + j), x)
+                loss, d, ok = _term(xv, yv, as_compute(_at1(pw, b + j), x), _eps(c, x), one)
+                nbad += 0 if ok else 1
+                loss = wv * loss
+                s += loss
+                if losses is not None:
+                    losses[r, b + j] = loss
+                if g is not None:
+                    g[r, b + j] = store(wv * as_compute(gs[r, b + j], x) * d, g)
+            total += np.float64(s)
+        part[k] = total
+        bad[k] = nbad
+
+
+def _eps(c, x):
+    return c
+
+
+@overload(_eps, inline="always")
+def _eps_impl(c, x):
+    if isinstance(c, types.NoneType):
+        return lambda c, x: None
+    return lambda c, x: as_compute(c, x)
+
+
+def binary(kind, x, targets, weight, pos_weight, eps=0.0, losses=None, grad=None,
+           grad_scale=None):
+    """See ``reference.binary``: the same sums, losses and gradient from a Numba kernel."""
+    n, v = x.shape
+    if n == 0 or v == 0:
+        return np.zeros(n), 0
+    nchunk, size = _plan(n, v)
+    part = np.empty(n * nchunk)
+    bad = np.zeros(n * nchunk, np.int64)
+    with parallel_guard() as parallel:
+        kernel = _tasks if parallel else _serial(_tasks)
+        kernel(x, targets, weight, pos_weight, None if kind == LOGITS else float(eps), losses,
+               grad, grad_scale, nchunk, size, part, bad)
+    return part.reshape(n, nchunk).sum(axis=1), int(bad.sum())
