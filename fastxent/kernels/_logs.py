@@ -90,14 +90,14 @@ def softplus32(x):
     return (x if x > _ZERO else _ZERO) + log1p32(exp32(-abs(x)))
 
 
-def flog(z):
+def flog(x):
     """log in the compute type: :func:`log32` for float32, libm for float64."""
-    return math.log(z) if z > 0 else (-math.inf if z == 0 else math.nan)
+    return math.log(x) if x > 0 else (-math.inf if x == 0 else math.nan)
 
 
-def flog1p(u):
-    """log(1 + u) in the compute type: :func:`log1p32` for float32 (``u`` in [-1/2, 1])."""
-    return math.log1p(u)
+def flog1p(x):
+    """log(1 + x) in the compute type: :func:`log1p32` for float32 (``x`` in [-1/2, 1])."""
+    return math.log1p(x)
 
 
 def fsoftplus(x):
@@ -115,13 +115,13 @@ def _choose(f32, f64):
     return impl
 
 
-def _log64(z):
-    if z > 0:
-        return math.log(z)
-    return -math.inf if z == 0 else math.nan
+def _log64(x):
+    if x > 0:
+        return math.log(x)
+    return -math.inf if x == 0 else math.nan
 
 
 overload(flog, inline="always")(_choose(log32, _log64))
-overload(flog1p, inline="always")(_choose(log1p32, lambda u: math.log1p(u)))
+overload(flog1p, inline="always")(_choose(log1p32, lambda x: math.log1p(x)))
 overload(fsoftplus, inline="always")(_choose(
     softplus32, lambda x: (x if x > 0.0 else 0.0) + math.log1p(math.exp(-abs(x)))))

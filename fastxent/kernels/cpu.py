@@ -596,3 +596,9 @@ def binary(kind, x, targets, weight, pos_weight, eps=0.0, losses=None, grad=None
     from .cpu_binary import binary as kernel
     return kernel(kind, x, targets, weight, pos_weight, eps, losses, grad, grad_scale)
 
+
+def kl_logits(x, y):
+    """See ``reference.kl_logits``; the kernel is in :mod:`.cpu_divergence`."""
+    from .cpu_divergence import kl_logits as kernel
+    return kernel(x, y)
+

@@ -15,6 +15,9 @@ On probabilities ``p``: ``loss = -(y·log p + (1 - y)·log(1 - p))``, each log c
 (PyTorch's ``BCELoss``), or with ``eps`` the probabilities clipped to [eps, 1 - eps] instead
 (scikit-learn, Keras). ``log(1 - p)`` is ``log1p(-p)`` below one half, where ``1 - p`` would
 round. Probabilities or targets outside [0, 1] are counted, and the caller raises.
+
+The categorical kind sums ``-q·log p`` over a row: cross-entropy from probabilities against a
+target distribution ``q`` (0·log 0 = 0), and with ``q = p`` the entropy of ``p``.
 """
 
 import numpy as np
@@ -34,7 +37,7 @@ _PARALLEL = dict(_ELEMENT, parallel=True)
 # rounding far below 1e-6 relative (the loss is the sum itself, not its logarithm)
 _SUM = 256
 
-LOGITS, PROBS = 0, 1
+LOGITS, PROBS, CATEGORICAL = 0, 1, 2
 
 
 def _at2(w, r, j):
@@ -100,9 +103,25 @@ def _prob_term(p, y, eps, one):
     return loss, d, ok
 
 
+@njit(inline="always", **_ELEMENT)
+def _categorical_term(p, q, eps, one):
+    """(-q·log p, 0) of one probability ``p`` and its target share ``q`` (0·log 0 = 0), and
+    whether p is in [0, 1] and q >= 0."""
+    ok = p >= 0 and p <= one and q >= 0
+    zero = one - one
+    upper = p >= one / (one + one)
+    small = max(one - p, eps) if upper else max(p, eps)
+    log_p = flog1p(-small) if upper else flog(small)
+    floor = zero - np.float32(100.0)
+    if not eps > zero:
+        log_p = log_p if log_p > floor else floor
+    return (zero if q == zero else -q * log_p), zero, ok
+
+
 def _term(x, y, pw, c, one):
-    """(loss, derivative, inputs in range) of one element: on a logit when ``c`` is None, else
-    on a probability with ``c`` the clipping eps (0: PyTorch's clamp of the logs)."""
+    """(loss, derivative, inputs in range) of one element: binary on a logit when ``c`` is
+    None, binary on a probability when ``c`` is a number (the clipping eps; 0: PyTorch's clamp
+    of the logs), categorical on a probability when ``c`` is a 1-tuple holding the eps."""
 
 
 @overload(_term, inline="always")
@@ -110,8 +129,10 @@ def _term_impl(x, y, pw, c, one):
     if isinstance(c, types.NoneType):
         def logit(x, y, pw, c, one):
             loss, d = _logit_term(x, y, pw, one)
-            return loss, d, True
+            return loss, d, y >= 0 and y <= one
         return logit
+    if isinstance(c, types.BaseTuple):
+        return lambda x, y, pw, c, one: _categorical_term(x, y, c[0], one)
     return lambda x, y, pw, c, one: _prob_term(x, y, c, one)
 
 
@@ -157,6 +178,8 @@ def _eps(c, x):
 def _eps_impl(c, x):
     if isinstance(c, types.NoneType):
         return lambda c, x: None
+    if isinstance(c, types.BaseTuple):
+        return lambda c, x: (as_compute(c[0], x),)
     return lambda c, x: as_compute(c, x)
 
 
@@ -171,6 +194,7 @@ def binary(kind, x, targets, weight, pos_weight, eps=0.0, losses=None, grad=None
     bad = np.zeros(n * nchunk, np.int64)
     with parallel_guard() as parallel:
         kernel = _tasks if parallel else _serial(_tasks)
-        kernel(x, targets, weight, pos_weight, None if kind == LOGITS else float(eps), losses,
-               grad, grad_scale, nchunk, size, part, bad)
+        c = {LOGITS: None, PROBS: float(eps), CATEGORICAL: (float(eps),)}[kind]
+        kernel(x, targets, weight, pos_weight, c, losses, grad, grad_scale, nchunk, size, part,
+               bad)
     return part.reshape(n, nchunk).sum(axis=1), int(bad.sum())

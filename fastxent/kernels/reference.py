@@ -138,7 +138,9 @@ def token_partials(x, targets, thresholds=None):
 def binary(kind, x, targets, weight, pos_weight, eps=0.0, losses=None, grad=None,
            grad_scale=None):
     """Element-wise binary cross-entropy of the (N, V) storage view ``x``: logits (``kind`` 0)
-    or probabilities (``kind`` 1), against the targets (a storage view of ``x``'s shape).
+    or probabilities (``kind`` 1), against the targets (a storage view of ``x``'s shape); or
+    (``kind`` 2) the categorical terms ``-q·log p`` of probabilities ``x`` and target shares
+    ``q`` (0·log 0 = 0; out of range: p outside [0, 1] or q < 0).
 
     ``weight`` is None or a float array broadcast to (N, V), ``pos_weight`` None or (V,) (logits
     only); ``eps`` > 0 clips probabilities to [eps, 1 - eps] instead of clamping their logs at
@@ -155,12 +157,19 @@ def binary(kind, x, targets, weight, pos_weight, eps=0.0, losses=None, grad=None
         w = 1.0 if weight is None else np.asarray(weight[rws], dtype=np.float64)
         with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
             if kind == 0:
+                bad += int(np.count_nonzero(~((y >= 0) & (y <= 1))))
                 pw = 1.0 if pos_weight is None else np.asarray(pos_weight, dtype=np.float64)
                 lw = 1.0 + (pw - 1.0) * y
                 loss = (1.0 - y) * a + lw * np.logaddexp(0.0, -a)
                 e = np.exp(-np.abs(a))
                 sig = np.where(a >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
                 d = lw * sig - pw * y
+            elif kind == 2:
+                bad += int(np.count_nonzero(~((a >= 0) & (a <= 1) & (y >= 0))))
+                p = np.clip(a, eps, 1.0 - eps) if eps > 0 else a
+                log_p = np.log(p) if eps > 0 else np.maximum(np.log(p), -100.0)
+                loss = np.where(y == 0, 0.0, -y * log_p)
+                d = np.zeros_like(loss)
             else:
                 bad += int(np.count_nonzero(~((a >= 0) & (a <= 1) & (y >= 0) & (y <= 1))))
                 p = np.clip(a, eps, 1.0 - eps) if eps > 0 else a
@@ -178,3 +187,19 @@ def binary(kind, x, targets, weight, pos_weight, eps=0.0, losses=None, grad=None
         if grad is not None:
             encode_into(grad[rws], w * np.asarray(grad_scale[rws], dtype=np.float64) * d)
     return sums, bad
+
+
+def kl_logits(x, y):
+    """KL(softmax(x) || softmax(y)) of each row of two (N, V) storage views, float64:
+    ``Σ P·(x - y) - lse(x) + lse(y)`` with ``P = softmax(x)`` (classes where P is 0 weigh
+    nothing; where Q is 0 and P is not, the divergence is inf)."""
+    n, v = x.shape
+    out = np.empty(n)
+    for rws in _row_blocks(n, v):
+        a, b = decode(x[rws]), decode(y[rws])
+        la, lb = _lse(a), _lse(b)
+        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+            p = np.exp(a - la[:, None])
+            kl = np.sum(np.where(p > 0, p * (a - b), 0.0), axis=-1) - la + lb
+        out[rws] = np.where(np.isnan(kl), kl, np.maximum(kl, 0.0))
+    return out

@@ -1,0 +1,411 @@
+"""The rest of the cross-entropy family: binary cross-entropy on logits and on probabilities,
+categorical cross-entropy from probabilities, entropy and KL divergence.
+
+Each streams over the last axis through a backend kernel (``binary``, ``token_partials``,
+``kl_logits`` in ``kernels/__init__.py``); sums and reductions are float64 here.
+"""
+
+import numpy as np
+
+from . import _checks, _dispatch, _dtypes
+from ._dtypes import compute_dtype, storage_view
+from ._tokens import ABSENT, finish
+
+LOGITS, PROBS, CATEGORICAL = 0, 1, 2
+_KINDS = ("logits", "probs")
+
+
+def _host_only(name, backend, array):
+    if _dispatch.uses_cuda(backend, array):
+        raise NotImplementedError(f"{name} has no CUDA kernel yet: pass host (NumPy or CPU "
+                                  "PyTorch) arrays")
+    return _dispatch.choose(backend, array)
+
+
+def _rows(a):
+    """(N, V) storage view of an array whose last axis is V (a 0-d array is one element)."""
+    v = a.shape[-1] if a.ndim else 1
+    return storage_view(np.ascontiguousarray(a)).reshape(-1, v)
+
+
+def _values(value, shape, name, like):
+    """A floating array of ``shape`` for ``value`` (targets): floats as they are (any supported
+    dtype), booleans and integers converted to the compute type of ``like``."""
+    t = _arrays_host(value)
+    if t.shape != tuple(shape):
+        raise ValueError(f"{name} has shape {t.shape}: expected the input's shape "
+                         f"{tuple(shape)}")
+    if _dtypes.is_float(t.dtype):
+        return t
+    if t.dtype.kind in "biu":
+        return t.astype(compute_dtype(like))
+    raise TypeError(f"{name} has dtype {t.dtype}, expected floats (or booleans/integers)")
+
+
+def _arrays_host(value):
+    from ._arrays import torch_bfloat16_host
+    t = torch_bfloat16_host(value)
+    return np.asarray(value) if t is None else t
+
+
+def _broadcast(value, shape, name):
+    """``value`` broadcast to ``shape`` as a float64 (N, V) view (a copy only where the
+    broadcast cannot be seen as rows)."""
+    w = np.asarray(value, dtype=np.float64)
+    v = shape[-1] if len(shape) else 1
+    n = int(np.prod(shape[:-1], dtype=np.int64)) if len(shape) else 1
+    try:
+        full = np.broadcast_to(w, shape)
+    except ValueError:
+        raise ValueError(f"{name} has shape {w.shape}, which does not broadcast to the input's "
+                         f"shape {tuple(shape)}") from None
+    if w.ndim <= 1:
+        return np.broadcast_to(w.reshape(1, -1) if w.ndim else w, (n, v))
+    return full.reshape(n, v)
+
+
+def _eps(eps, dtype):
+    """The clipping eps: None (clamp the logs at -100), "auto" (the dtype's machine epsilon, as
+    scikit-learn), or a number in (0, 1/2)."""
+    if eps is None:
+        return 0.0
+    if isinstance(eps, str):
+        if eps != "auto":
+            raise ValueError(f"eps={eps!r}: expected None, 'auto' or a number in (0, 0.5)")
+        if _dtypes.name(dtype) == "bfloat16":
+            return 2.0**-7  # (np.finfo does not know ml_dtypes' bfloat16)
+        return float(np.finfo(dtype).eps)
+    return _checks.real(eps, "eps", low=0.0, high=0.5, low_open=True)
+
+
+def _reduce(sums, losses, reduction, count, shape, dtype):
+    if reduction == "none":
+        return losses.reshape(shape)
+    total = float(np.sum(sums))
+    if reduction == "sum":
+        return total
+    return total / count if count else float("nan")
+
+
+def _raise_out_of_range(checks):
+    """The message of the first element out of range, for ``(name, array, non-negative only)``
+    checks (the arrays are read again only on this error path)."""
+    for name, arr, low_only in checks:
+        flat = _dtypes.decode(_rows(arr)).reshape(-1)
+        bad = ~((flat >= 0) & (low_only | (flat <= 1)))
+        if bad.any():
+            k = int(np.argmax(bad))
+            pos = ", ".join(map(str, np.unravel_index(k, arr.shape))) if arr.ndim else ""
+            rule = ">= 0" if low_only else "in [0, 1]"
+            raise ValueError(f"{name} must be {rule}, got {name}[{pos}] = {flat[k]}")
+
+
+def _binary_call(kind, name, x, targets, weight, pos_weight, reduction, eps, backend, grad,
+                 grad_output, out, inplace):
+    a = _checks.logits_array(x, name=name)
+    red = _checks.reduction(reduction)
+    be = _host_only("binary_cross_entropy" + ("_with_logits" if kind == LOGITS else ""),
+                    backend, x)
+    t = _values(targets, a.shape, "targets", a.dtype)
+    xs, ts = _rows(a), _rows(t)
+    n, v = xs.shape
+    w = None if weight is None else _broadcast(weight, a.shape, "weight")
+    pw = None
+    if pos_weight is not None:
+        pw = np.ascontiguousarray(np.broadcast_to(np.asarray(pos_weight, np.float64), (v,)),
+                                  dtype=compute_dtype(a.dtype))
+    losses = np.empty((n, v), compute_dtype(a.dtype)) if red == "none" else None
+    g = gview = gs = None
+    if grad:
+        gs = _grad_scale(grad_output, red, a.shape, a.size)
+        if inplace:
+            _checks.inplace_target(x)
+            g = x
+        elif out is not None:
+            g = _checks.out_array(out, a)
+        else:
+            g = np.empty(a.shape, a.dtype)
+        gview = _rows(g) if g.flags.c_contiguous else np.empty((n, v), storage_view(g).dtype)
+        if inplace and not g.flags.c_contiguous:
+            raise ValueError("inplace=True needs C-contiguous logits")
+    sums, bad = be.binary(kind, xs, ts, w, pw, _eps(eps, a.dtype), losses, gview, gs)
+    if bad:
+        _raise_out_of_range(([] if kind == LOGITS else [("probs", a, False)])
+                            + [("targets", t, False)])
+    loss = _reduce(sums, losses, red, a.size, a.shape, a.dtype)
+    if not grad:
+        return loss
+    if gview is not None and not np.shares_memory(gview, g):
+        np.copyto(storage_view(g), gview.reshape(g.shape))
+    return loss, g
+
+
+def _grad_scale(grad_output, red, shape, size):
+    """The upstream gradient, divided by the mean's count, as a float64 (N, V) view."""
+    if red != "none":
+        go = _checks.grad_output(grad_output, red, ())
+        scale = float(go) / size if red == "mean" and size else float(go)
+        return _broadcast(scale, shape, "grad_output")
+    go = _checks.grad_output(grad_output, red, shape)
+    return _broadcast(go, shape, "grad_output")
+
+
+def binary_cross_entropy_with_logits(logits, targets, *, weight=None, pos_weight=None,
+                                     reduction="mean", backend="auto"):
+    """Binary cross-entropy of independent sigmoids (multi-label classification), on logits.
+
+    As ``torch.nn.functional.binary_cross_entropy_with_logits``: per element, with ``y`` the
+    target in [0, 1] and ``pw`` the positive-class weight of its class,
+    ``loss = -w·(pw·y·log σ(x) + (1 - y)·log(1 - σ(x)))``, computed in the stable form
+    ``(1 - y)·x + (1 + (pw - 1)·y)·log(1 + exp(-x))`` (no overflow for |x| up to 1e4 and beyond).
+
+    Parameters
+    ----------
+    logits : ndarray
+        Any shape; float32, float64, float16 or bfloat16 (arithmetic in float32, float64 for
+        float64).
+    targets : array_like
+        The logits' shape; soft targets in [0, 1] (floats of any supported dtype, or booleans and
+        integers 0/1).
+    weight : array_like, optional
+        Broadcast to the logits' shape: a weight per element.
+    pos_weight : array_like, optional
+        Broadcast along the last axis: a weight of the positive term per class.
+    reduction : {"mean", "sum", "none"}
+        "mean" divides by the number of elements (as PyTorch, whatever the weights).
+    backend : {"auto", "cpu", "numpy"}
+
+    Returns
+    -------
+    float or ndarray
+        The loss; for "none", the logits' shape in the compute type.
+
+    Examples
+    --------
+    >>> import numpy as np, fastxent as fx
+    >>> x = np.array([[2.0, -1.0, 0.0]], dtype=np.float32)
+    >>> y = np.array([[1.0, 0.0, 1.0]], dtype=np.float32)
+    >>> round(fx.binary_cross_entropy_with_logits(x, y), 4)      # (0.1269 + 0.3133 + 0.6931)/3
+    0.3778
+    >>> fx.binary_cross_entropy_with_logits(np.array([1e4, -1e4]), np.array([0.0, 0.0]),
+    ...                                     reduction="none")
+    array([10000.,     0.])
+    """
+    return _binary_call(LOGITS, "logits", logits, targets, weight, pos_weight, reduction, None,
+                        backend, False, 1.0, None, False)
+
+
+def binary_cross_entropy_with_logits_with_grad(logits, targets, *, weight=None, pos_weight=None,
+                                               reduction="mean", backend="auto", grad_output=1.0,
+                                               out=None, inplace=False):
+    """:func:`binary_cross_entropy_with_logits` and its gradient with respect to the logits, in
+    one pass: ``w·((1 + (pw - 1)·y)·σ(x) - pw·y)`` times ``grad_output`` (divided by the number of
+    elements for "mean"; an array of the logits' shape, or broadcastable to it, for "none").
+    ``out`` and ``inplace`` as :func:`cross_entropy_with_grad`.
+
+    Examples
+    --------
+    >>> import numpy as np, fastxent as fx
+    >>> loss, grad = fx.binary_cross_entropy_with_logits_with_grad(
+    ...     np.zeros((1, 2), np.float32), np.array([[1.0, 0.0]]), reduction="sum")
+    >>> grad                                         # σ(0) - y
+    array([[-0.5,  0.5]], dtype=float32)
+    """
+    if inplace and out is not None:
+        raise ValueError("pass either out= or inplace=True, not both")
+    return _binary_call(LOGITS, "logits", logits, targets, weight, pos_weight, reduction, None,
+                        backend, True, grad_output, out, inplace)
+
+
+def binary_cross_entropy(probs, targets, *, weight=None, reduction="mean", eps=None,
+                         backend="auto"):
+    """Binary cross-entropy of probabilities: ``-w·(y·log p + (1 - y)·log(1 - p))``.
+
+    As ``torch.nn.functional.binary_cross_entropy`` (``BCELoss``) by default: each log is clamped
+    at -100, so p = 0 or 1 gives a finite loss. With ``eps``, the probabilities are clipped to
+    [eps, 1 - eps] first and the logs are not clamped, as scikit-learn's ``log_loss`` (``eps=
+    "auto"``: the machine epsilon of the probabilities' dtype) and Keras (``eps=1e-7``) do.
+    ``log(1 - p)`` is computed from ``1 - p`` exactly (or as ``log1p(-p)``), so probabilities
+    near 1 keep their precision.
+
+    Probabilities and targets outside [0, 1] raise a ``ValueError``.
+
+    Examples
+    --------
+    >>> import numpy as np, fastxent as fx
+    >>> y = np.array([1, 0, 1, 1, 0, 1], dtype=np.float32)
+    >>> p = np.array([0.9, 0.1, 0.8, 0.7, 0.2, 0.9], dtype=np.float32)
+    >>> round(fx.binary_cross_entropy(p, y), 4)
+    0.1865
+    >>> fx.binary_cross_entropy(np.array([0.0, 1.0]), np.array([1.0, 1.0]), reduction="none")
+    array([100.,   0.])
+    """
+    return _binary_call(PROBS, "probs", probs, targets, weight, None, reduction, eps, backend,
+                        False, 1.0, None, False)
+
+
+def cross_entropy_from_probs(probs, targets, *, weight=None, sample_weight=None,
+                             ignore_index=-100, reduction="mean", eps=None, backend="auto"):
+    """Categorical cross-entropy when the model outputs probabilities: ``-Σ_j w_j·q_j·log p_j``
+    per row (classes on the last axis).
+
+    Parameters
+    ----------
+    probs : ndarray, shape (..., V)
+        Probabilities (rows need not sum to 1: they are used as given).
+    targets : ndarray
+        Class indices of shape ``probs.shape[:-1]`` (only the target's probability is read), or a
+        target distribution per row (one-hot or soft) of the probabilities' shape.
+    weight : array_like, shape (V,), optional
+        Per-class weights (as PyTorch's ``NLLLoss``).
+    sample_weight : array_like, shape ``probs.shape[:-1]``, optional
+        Per-row weights (as scikit-learn's ``log_loss``).
+    ignore_index : int
+        Index targets equal to it contribute nothing.
+    reduction : {"mean", "sum", "none"}
+        "mean" divides by the summed weights of the counted rows (``Σ sample_weight·weight[t]``
+        for index targets, ``Σ sample_weight`` for distributions).
+    eps : None, "auto" or float
+        As :func:`binary_cross_entropy`: None clamps the log at -100; a number clips the
+        probabilities to [eps, 1 - eps]; "auto" uses the dtype's machine epsilon, which with
+        ``sample_weight`` reproduces ``sklearn.metrics.log_loss``.
+
+    Examples
+    --------
+    >>> import numpy as np, fastxent as fx
+    >>> p = np.array([[0.4, 0.4, 0.2], [0.1, 0.2, 0.7]])
+    >>> fx.cross_entropy_from_probs(p, np.array([1, 2]), reduction="none").round(2)
+    array([0.92, 0.36])
+    >>> round(fx.cross_entropy_from_probs(p, np.array([[0, 1, 0], [0, 0, 1]])), 4)  # one-hot
+    0.6365
+    """
+    a = _checks.logits_array(probs, name="probs")
+    red = _checks.reduction(reduction)
+    ignore = _checks.ignore_index(ignore_index)
+    v = a.shape[-1]
+    w = _checks.weight(weight, v)
+    clip = _eps(eps, a.dtype)
+    s = None
+    if sample_weight is not None:
+        s = np.asarray(sample_weight, dtype=np.float64)
+        if s.shape != a.shape[:-1]:
+            raise ValueError(f"sample_weight has shape {s.shape}: expected one weight per row, "
+                             f"{a.shape[:-1]}")
+    t = _arrays_host(targets)
+    if _dtypes.is_float(t.dtype) or t.shape == a.shape:
+        q = _values(t, a.shape, "targets", a.dtype)
+        be = _host_only("cross_entropy_from_probs", backend, probs)
+        wb = None if w is None else _broadcast(w, a.shape, "weight")
+        sums, bad = be.binary(CATEGORICAL, _rows(a), _rows(q), wb, None, clip)
+        if bad:
+            _raise_out_of_range([("probs", a, False), ("targets", q, True)])
+        rows = sums
+        denom_w = np.ones_like(rows)
+    else:
+        kind, ti = _checks.targets(t, a.shape, ignore)
+        valid = ti >= 0
+        flat = a.reshape(-1, v)
+        pt = _dtypes.decode(flat[np.arange(flat.shape[0])[valid], ti[valid]])
+        if ((pt < 0) | (pt > 1)).any():
+            raise ValueError(f"probs must be in [0, 1], got {pt[(pt < 0) | (pt > 1)][0]} at a "
+                             "target")
+        with np.errstate(divide="ignore"):
+            if clip > 0:
+                logp = np.log(np.clip(pt, clip, 1.0 - clip))
+            else:
+                logp = np.maximum(np.log(pt), -100.0)
+        cw = np.ones(valid.sum()) if w is None else w[ti[valid]]
+        rows = np.zeros(flat.shape[0])
+        rows[valid] = -cw * logp
+        denom_w = np.zeros(flat.shape[0])
+        denom_w[valid] = cw
+    sw = np.ones_like(rows) if s is None else s.reshape(-1)
+    losses = rows * sw
+    if red == "none":
+        return losses.astype(compute_dtype(a.dtype)).reshape(a.shape[:-1])
+    if red == "sum":
+        return float(np.sum(losses))
+    denom = float(np.sum(sw * denom_w))
+    return float(np.sum(losses)) / denom if denom else float("nan")
+
+
+def _kind(kind):
+    if kind not in _KINDS:
+        raise ValueError(f"kind={kind!r} is not one of {', '.join(map(repr, _KINDS))}")
+    return kind
+
+
+def entropy(x, *, kind="logits", eps=None, backend="auto"):
+    """Entropy (nats) of the distribution on the last axis of ``x``: ``softmax(x)`` for
+    ``kind="logits"`` (one log-sum-exp pass: ``lse - Σ softmax(x)·x``), or ``x`` itself for
+    ``kind="probs"`` (``-Σ p·log p``, with 0·log 0 = 0; ``eps`` as
+    :func:`cross_entropy_from_probs`).
+
+    Returns
+    -------
+    ndarray, shape ``x.shape[:-1]``
+        In the compute type (float32, float64 for float64 input).
+
+    Examples
+    --------
+    >>> import numpy as np, fastxent as fx
+    >>> fx.entropy(np.zeros((1, 4), np.float32))                    # uniform over 4: log 4
+    array([1.3862944], dtype=float32)
+    >>> round(float(fx.entropy(np.array([0.5, 0.5, 0.0]), kind="probs")), 6)  # log 2
+    0.693147
+    """
+    a = _checks.logits_array(x, name="x")
+    _checks.classes(a.shape)
+    be = _host_only("entropy", backend, x)
+    xs = _rows(a)
+    if _kind(kind) == "logits":
+        codes = np.full(xs.shape[0], ABSENT, np.int64)
+        stats, ints = be.token_partials(xs, codes)
+        ent = finish(stats, ints, np.zeros(xs.shape[0], bool))[2]
+    else:
+        ent, bad = be.binary(CATEGORICAL, xs, xs, None, None, _eps(eps, a.dtype))
+        if bad:
+            _raise_out_of_range([("x", a, False)])
+    return ent.astype(compute_dtype(a.dtype)).reshape(a.shape[:-1])
+
+
+def kl_divergence(p, q, *, kind="logits", reduction="none", eps=None, backend="auto"):
+    """KL(P || Q) = Σ P·(log P - log Q) over the last axis, for ``P`` and ``Q`` given as logits
+    (``kind="logits"``: their softmax, one streaming pass over both) or probabilities
+    (``kind="probs"``: with 0·log 0 = 0, and ``eps`` as :func:`cross_entropy_from_probs`).
+
+    ``reduction="mean"`` averages over rows (PyTorch's ``"batchmean"``), ``"sum"`` sums them.
+    Arithmetic is float32 for float32 inputs: expect about 1e-7 times the logits' magnitude
+    (or the logs' for probabilities) as absolute error, which matters only for divergences near 0.
+
+    Examples
+    --------
+    >>> import numpy as np, fastxent as fx
+    >>> P = np.array([0.5, 0.5]); Q = np.array([0.9, 0.1])
+    >>> round(float(fx.kl_divergence(P, Q, kind="probs")), 6)   # 0.5 log(0.5/0.9) + 0.5 log 5
+    0.510826
+    >>> float(fx.kl_divergence(np.log(P), np.log(Q)).round(6))   # the same from logits
+    0.510826
+    """
+    a = _checks.logits_array(p, name="p")
+    b = _checks.logits_array(q, name="q")
+    red = _checks.reduction(reduction)
+    if a.shape != b.shape:
+        raise ValueError(f"p and q must have the same shape, got {a.shape} and {b.shape}")
+    _checks.classes(a.shape)
+    be = _host_only("kl_divergence", backend, p)
+    if _kind(kind) == "logits":
+        kl = be.kl_logits(_rows(a), _rows(b))
+    else:
+        clip_a, clip_b = _eps(eps, a.dtype), _eps(eps, b.dtype)
+        cross, bad_b = be.binary(CATEGORICAL, _rows(b), _rows(a), None, None, clip_b)
+        ent, bad_a = be.binary(CATEGORICAL, _rows(a), _rows(a), None, None, clip_a)
+        if bad_a or bad_b:
+            _raise_out_of_range([("p", a, False), ("q", b, False)])
+        kl = np.maximum(cross - ent, 0.0)
+    if red == "none":
+        return kl.astype(compute_dtype(a.dtype)).reshape(a.shape[:-1])
+    total = float(np.sum(kl))
+    return total if red == "sum" else (total / kl.size if kl.size else float("nan"))
+
+
