@@ -11,7 +11,7 @@ from . import _arrays, _dtypes
 REDUCTIONS = ("mean", "sum", "none")
 
 
-def logits_array(logits, *, name="logits"):
+def logits_array(logits, *, name="logits", scalar_ok=False):
     """The logits as an ndarray (no copy for ndarrays and buffer-protocol objects)."""
     if isinstance(logits, np.ndarray):
         a = logits
@@ -25,7 +25,7 @@ def logits_array(logits, *, name="logits"):
         except Exception as exc:  # e.g. a torch tensor that requires grad
             raise TypeError(f"{name} must be an array of floats, got {type(logits).__name__}: "
                             f"{exc}") from exc
-    logits_format(_dtypes.name(a.dtype), a.shape, name=name, shown=a.dtype)
+    logits_format(_dtypes.name(a.dtype), a.shape, name=name, shown=a.dtype, scalar_ok=scalar_ok)
     return a
 
 
@@ -33,12 +33,13 @@ def logits_array(logits, *, name="logits"):
 # path (``fastxent._device``, whose arrays are tensors or device arrays) share them.
 
 
-def logits_format(dname, shape, *, name="logits", shown=None):
-    """A supported floating dtype (by name) and at least one dimension."""
+def logits_format(dname, shape, *, name="logits", shown=None, scalar_ok=False):
+    """A supported floating dtype (by name) and at least one dimension (or any, for the
+    element-wise losses: ``scalar_ok``)."""
     if dname not in _dtypes.SUPPORTED:
         raise TypeError(f"{name} has dtype {shown or dname}, expected one of "
                         f"{', '.join(_dtypes.SUPPORTED)}")
-    if len(shape) == 0:
+    if len(shape) == 0 and not scalar_ok:
         raise ValueError(f"{name} must have at least one dimension (the classes, last), "
                          "got a scalar")
 

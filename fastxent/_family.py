@@ -102,7 +102,7 @@ def _raise_out_of_range(checks):
 
 def _binary_call(kind, name, x, targets, weight, pos_weight, reduction, eps, backend, grad,
                  grad_output, out, inplace):
-    a = _checks.logits_array(x, name=name)
+    a = _checks.logits_array(x, name=name, scalar_ok=True)
     red = _checks.reduction(reduction)
     be = _host_only("binary_cross_entropy" + ("_with_logits" if kind == LOGITS else ""),
                     backend, x)

@@ -6,10 +6,11 @@ Each element is independent, so the work is cut into (row, column chunk) tasks s
 threads, walked in blocks whose float32 sums are added into a float64 total per task. The
 logarithms are the vectorising ones of :mod:`._logs`.
 
-On logits ``x``, targets ``y``, positive-class weight ``pw`` (PyTorch's stable form)::
+On logits ``x``, targets ``y``, positive-class weight ``pw`` and ``lw = 1 + (pw - 1)·y``::
 
-    loss = (1 - y)·x + (1 + (pw - 1)·y)·softplus(-x)
-    dloss/dx = (1 + (pw - 1)·y)·sigmoid(x) - pw·y
+    loss = (1 - y)·x + lw·softplus(-x)      (PyTorch's stable form; for x < 0 the same value
+         = lw·softplus(x) - pw·y·x           is taken from this form, with no cancellation)
+    dloss/dx = lw·sigmoid(x) - pw·y
 
 On probabilities ``p``: ``loss = -(y·log p + (1 - y)·log(1 - p))``, each log clamped at -100
 (PyTorch's ``BCELoss``), or with ``eps`` the probabilities clipped to [eps, 1 - eps] instead
@@ -65,12 +66,14 @@ def _at1_impl(w, j):
 
 @njit(inline="always", **_ELEMENT)
 def _logit_term(x, y, pw, one):
-    """(loss, dloss/dx) of one logit, from one exponential: e = exp(-|x|) gives both
-    softplus(-x) = max(-x, 0) + log1p(e) and sigmoid(x)."""
+    """(loss, dloss/dx) of one logit, from one exponential ``e = exp(-|x|)``, which gives both
+    ``L = log1p(e)`` and sigmoid(x). The loss is written as a sum of two non-negative terms for
+    either sign of x, so that it keeps float32's relative precision (no cancellation):
+    ``lw·L + (1 - y)·x`` for x >= 0 and ``lw·L - pw·y·x`` for x < 0, with lw = 1 + (pw - 1)·y."""
     lw = one + (pw - one) * y
     e = exp32_or_libm(-abs(x))
-    neg = -x
-    loss = (one - y) * x + lw * ((neg if neg > 0 else one - one) + flog1p(e))
+    linear = (one - y) * x if x >= 0 else -(pw * y * x)
+    loss = lw * flog1p(e) + linear
     sig = one / (one + e)
     sig = sig if x >= 0 else e * sig
     return loss, lw * sig - pw * y
