@@ -31,9 +31,11 @@ import numpy as np
 import torch
 
 from . import _api, _dtypes
+from . import _family as _api_family
 from ._arrays import torch_bfloat16_host
 
-__all__ = ["CrossEntropyLoss", "cross_entropy"]
+__all__ = ["BCEWithLogitsLoss", "CrossEntropyLoss", "binary_cross_entropy_with_logits",
+           "cross_entropy"]
 
 _REDUCTIONS = ("mean", "sum", "none")
 
@@ -97,13 +99,14 @@ def _no_double_backward():
                            "torch.nn.functional.cross_entropy where second derivatives are needed")
 
 
-def _scaled(grad, grad_loss, reduction):
+def _scaled(grad, grad_loss, reduction, per_row=True):
     """The saved gradient times the upstream one. Eagerly in place, and not at all when the
     upstream gradient is 1 (what ``loss.backward()`` passes): one value read back, against a pass
     over the gradient. When traced (``torch.compile``, or any tensor subclass such as the fake
-    tensors of tracing), a plain product that the compiler can fuse."""
+    tensors of tracing), a plain product that the compiler can fuse. ``per_row``: a loss per row
+    for reduction="none" (else one per element)."""
     go = grad_loss.to(grad.dtype)
-    if reduction == "none":
+    if reduction == "none" and per_row:
         go = go.unsqueeze(-1)
     traced = (torch.compiler.is_compiling() or type(grad) is not torch.Tensor
               or type(grad_loss) is not torch.Tensor)
@@ -301,3 +304,104 @@ class CrossEntropyLoss(torch.nn.Module):
         return (f"ignore_index={self.ignore_index}, reduction={self.reduction!r}, "
                 f"label_smoothing={self.label_smoothing}, z_loss={self.z_loss}, "
                 f"softcap={self.softcap}, inplace_backward={self.inplace_backward}")
+
+
+# --- binary cross-entropy on logits (multi-label) ------------------------------------------------
+
+
+@torch.library.custom_op("fastxent::binary_cross_entropy_with_logits", mutates_args=())
+def _bce_op(logits: torch.Tensor, targets: torch.Tensor, weight: Optional[torch.Tensor],
+            pos_weight: Optional[torch.Tensor], reduction: str
+            ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(loss, gradient of the loss) of element-wise binary cross-entropy on logits."""
+    if logits.is_cuda:
+        raise NotImplementedError("fastxent.torch.binary_cross_entropy_with_logits has no CUDA "
+                                  "kernel yet: use torch.nn.functional's on CUDA tensors")
+    def host(t):
+        return None if t is None else _arrays(t.detach())
+    loss, grad = _api_family.binary_cross_entropy_with_logits_with_grad(
+        host(logits), host(targets), weight=host(weight), pos_weight=host(pos_weight),
+        reduction=reduction)
+    return _tensor(loss).to(dtype=logits.dtype), _tensor(grad)
+
+
+@_bce_op.register_fake
+def _bce_fake(logits, targets, weight, pos_weight, reduction):
+    shape = logits.shape if reduction == "none" else ()
+    return logits.new_empty(shape), torch.empty_like(logits, memory_format=torch.contiguous_format)
+
+
+def _bce_setup(ctx, inputs, output):
+    ctx.reduction = inputs[4]
+    ctx.save_for_backward(output[1])
+    ctx.mark_non_differentiable(output[1])
+    ctx.set_materialize_grads(False)
+
+
+def _bce_backward(ctx, grad_loss, _grad_of_grad):
+    _no_double_backward()
+    (grad,) = ctx.saved_tensors
+    return _scaled(grad, grad_loss, ctx.reduction, per_row=False), None, None, None, None
+
+
+_bce_op.register_autograd(_bce_backward, setup_context=_bce_setup)
+
+
+def binary_cross_entropy_with_logits(input, target, weight=None, size_average=None, reduce=None,
+                                     reduction="mean", pos_weight=None):
+    """``torch.nn.functional.binary_cross_entropy_with_logits``, computed by fastxent's fused
+    kernel (CPU tensors; the loss and its gradient in one pass, the gradient kept for backward).
+
+    Differentiable with respect to ``input``; ``target``, ``weight`` and ``pos_weight`` are
+    constants (a ``RuntimeError`` says so if one of them requires grad).
+
+    Examples
+    --------
+    >>> import torch, fastxent.torch as fxt
+    >>> x = torch.tensor([[2.0, -1.0, 0.0]], requires_grad=True)
+    >>> loss = fxt.binary_cross_entropy_with_logits(x, torch.tensor([[1.0, 0.0, 1.0]]))
+    >>> round(loss.item(), 4)
+    0.3778
+    >>> loss.backward()
+    >>> x.grad
+    tensor([[-0.0397,  0.0896, -0.1667]])
+    """
+    if size_average is not None or reduce is not None:
+        reduction = _legacy_reduction(size_average, reduce)
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"reduction={reduction!r} is not one of "
+                         f"{', '.join(map(repr, _REDUCTIONS))}")
+    for name, t in (("target", target), ("weight", weight), ("pos_weight", pos_weight)):
+        if isinstance(t, torch.Tensor) and t.requires_grad:
+            raise RuntimeError(f"fastxent.torch.binary_cross_entropy_with_logits differentiates "
+                               f"with respect to input only, and {name} requires grad; use "
+                               "torch.nn.functional's where that gradient is needed")
+    loss, _ = _bce_op(input, target, weight, pos_weight, reduction)
+    return loss
+
+
+class BCEWithLogitsLoss(torch.nn.Module):
+    """``torch.nn.BCEWithLogitsLoss`` computed by :func:`binary_cross_entropy_with_logits`.
+
+    Examples
+    --------
+    >>> import torch, fastxent.torch as fxt
+    >>> criterion = fxt.BCEWithLogitsLoss(pos_weight=torch.tensor([2.0, 1.0]))
+    >>> round(criterion(torch.zeros(1, 2), torch.tensor([[1.0, 0.0]])).item(), 6)  # (2 + 1)/2·log 2
+    1.039721
+    """
+
+    def __init__(self, weight=None, size_average=None, reduce=None, reduction="mean",
+                 pos_weight=None):
+        super().__init__()
+        if size_average is not None or reduce is not None:
+            reduction = _legacy_reduction(size_average, reduce)
+        self.register_buffer("weight", weight)
+        self.register_buffer("pos_weight", pos_weight)
+        self.reduction = reduction
+
+    def forward(self, input, target):
+        return binary_cross_entropy_with_logits(input, target, weight=self.weight,
+                                                reduction=self.reduction,
+                                                pos_weight=self.pos_weight)
+

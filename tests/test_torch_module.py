@@ -302,3 +302,42 @@ def test_cuda_tensors_in_place_k_d_and_compiled(gen):
     b = a.detach().requires_grad_()
     F.cross_entropy(b, t).backward()
     torch.testing.assert_close(a.grad, b.grad, rtol=1e-6, atol=1e-6)
+
+
+# --- binary cross-entropy on logits --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_bce_with_logits_matches_functional(gen, dtype, reduction):
+    x = (torch.randn(5, 7, generator=gen, dtype=torch.float64) * 4).to(dtype)
+    y = torch.rand(5, 7, generator=gen, dtype=torch.float64).to(dtype)
+    w = torch.rand(7, generator=gen, dtype=torch.float64) + 0.5
+    pw = torch.rand(7, generator=gen, dtype=torch.float64) * 3
+    a = x.detach().clone().requires_grad_()
+    b = x.detach().double().requires_grad_()
+    la = fxt.binary_cross_entropy_with_logits(a, y, weight=w.to(dtype), reduction=reduction,
+                                              pos_weight=pw.to(dtype))
+    lb = F.binary_cross_entropy_with_logits(b, y.double(), weight=w.to(dtype).double(),
+                                            reduction=reduction, pos_weight=pw.to(dtype).double())
+    go = torch.rand(lb.shape, generator=gen, dtype=torch.float64) + 0.5
+    (la * go.to(la.dtype)).sum().backward()
+    (lb * go.to(dtype).double()).sum().backward()
+    # the kept gradient is rounded, then scaled by the upstream gradient (not 1 here): 2 roundings
+    _check(la, a.grad, lb, b.grad, dtype, roundings=2)
+
+
+def test_bce_with_logits_module_opcheck_and_errors(gen):
+    from fastxent.torch import _bce_op
+    x = torch.randn(4, 6, generator=gen, requires_grad=True)
+    y = (torch.rand(4, 6, generator=gen) > 0.5).float()
+    ours = fxt.BCEWithLogitsLoss(pos_weight=torch.full((6,), 2.0), reduction="sum")
+    theirs = torch.nn.BCEWithLogitsLoss(pos_weight=torch.full((6,), 2.0), reduction="sum")
+    torch.testing.assert_close(ours(x, y), theirs(x, y))
+    for reduction in ("mean", "none"):
+        results = torch.library.opcheck(_bce_op, (x, y, None, None, reduction))
+        assert set(results.values()) == {"SUCCESS"}, results
+    with pytest.raises(RuntimeError, match="target requires grad"):
+        fxt.binary_cross_entropy_with_logits(x, y.clone().requires_grad_())
+    with pytest.raises(ValueError, match=r"targets must be in \[0, 1\]"):
+        fxt.binary_cross_entropy_with_logits(x, y * 2)
