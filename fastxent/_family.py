@@ -35,8 +35,8 @@ def _values(value, shape, name, like):
     if t.shape != tuple(shape):
         raise ValueError(f"{name} has shape {t.shape}: expected the input's shape "
                          f"{tuple(shape)}")
-    if _dtypes.is_float(t.dtype):
-        return t
+    if _dtypes.is_float(t.dtype) or t.dtype in (np.bool_, np.uint8, np.int8):
+        return t  # (booleans and bytes are read as they are: one byte per element)
     if t.dtype.kind in "biu":
         return t.astype(compute_dtype(like))
     raise TypeError(f"{name} has dtype {t.dtype}, expected floats (or booleans/integers)")
@@ -48,20 +48,38 @@ def _arrays_host(value):
     return np.asarray(value) if t is None else t
 
 
-def _broadcast(value, shape, name):
-    """``value`` broadcast to ``shape`` as a float64 (N, V) view (a copy only where the
-    broadcast cannot be seen as rows)."""
-    w = np.asarray(value, dtype=np.float64)
+def _factors(value, shape, name, dtype):
+    """``value`` broadcast to ``shape``, as the kernels take it: ``(per class (V,), per row (N,),
+    per element (N, V))``, each None where it is not needed. Class and row factors are O(V) and
+    O(N); only a value that varies along both axes becomes an (N, V) array (copied into the
+    compute type unless it already is one, C-contiguous)."""
+    if value is None:
+        return None, None, None
+    w = np.asarray(value)
+    if w.dtype.kind not in "fiu" or w.dtype == np.bool_:
+        if not _dtypes.is_float(w.dtype):
+            raise TypeError(f"{name} has dtype {w.dtype}, expected real numbers")
+        w = _dtypes.decode(w)
     v = shape[-1] if len(shape) else 1
     n = int(np.prod(shape[:-1], dtype=np.int64)) if len(shape) else 1
     try:
-        full = np.broadcast_to(w, shape)
+        np.broadcast_shapes(w.shape, tuple(shape))
     except ValueError:
         raise ValueError(f"{name} has shape {w.shape}, which does not broadcast to the input's "
                          f"shape {tuple(shape)}") from None
-    if w.ndim <= 1:
-        return np.broadcast_to(w.reshape(1, -1) if w.ndim else w, (n, v))
-    return full.reshape(n, v)
+    if len(np.broadcast_shapes(w.shape, tuple(shape))) != len(shape):
+        raise ValueError(f"{name} has shape {w.shape}: more dimensions than the input's "
+                         f"{tuple(shape)}")
+    compute = compute_dtype(dtype)
+    lead_one = all(k == 1 for k in w.shape[:-1])
+    if w.ndim == 0 or lead_one:  # per class
+        return np.ascontiguousarray(np.broadcast_to(w.reshape(-1), (v,)), dtype=compute), \
+            None, None
+    if w.shape[-1] == 1:  # per row
+        rows = np.broadcast_to(w[..., 0], tuple(shape[:-1])).reshape(n)
+        return None, np.ascontiguousarray(rows, dtype=compute), None
+    full = np.broadcast_to(w, tuple(shape))
+    return None, None, np.ascontiguousarray(full, dtype=compute).reshape(n, v)
 
 
 def _eps(eps, dtype):
@@ -109,15 +127,16 @@ def _binary_call(kind, name, x, targets, weight, pos_weight, reduction, eps, bac
     t = _values(targets, a.shape, "targets", a.dtype)
     xs, ts = _rows(a), _rows(t)
     n, v = xs.shape
-    w = None if weight is None else _broadcast(weight, a.shape, "weight")
+    weights = _factors(weight, a.shape, "weight", a.dtype)
     pw = None
     if pos_weight is not None:
         pw = np.ascontiguousarray(np.broadcast_to(np.asarray(pos_weight, np.float64), (v,)),
                                   dtype=compute_dtype(a.dtype))
     losses = np.empty((n, v), compute_dtype(a.dtype)) if red == "none" else None
-    g = gview = gs = None
+    g = gview = None
+    gs = (None, None)
     if grad:
-        gs = _grad_scale(grad_output, red, a.shape, a.size)
+        gs = _grad_scale(grad_output, red, a.shape, a.size, a.dtype)
         if inplace:
             _checks.inplace_target(x)
             g = x
@@ -128,7 +147,7 @@ def _binary_call(kind, name, x, targets, weight, pos_weight, reduction, eps, bac
         gview = _rows(g) if g.flags.c_contiguous else np.empty((n, v), storage_view(g).dtype)
         if inplace and not g.flags.c_contiguous:
             raise ValueError("inplace=True needs C-contiguous logits")
-    sums, bad = be.binary(kind, xs, ts, w, pw, _eps(eps, a.dtype), losses, gview, gs)
+    sums, bad = be.binary(kind, xs, ts, weights, pw, _eps(eps, a.dtype), losses, gview, gs)
     if bad:
         _raise_out_of_range(([] if kind == LOGITS else [("probs", a, False)])
                             + [("targets", t, False)])
@@ -140,14 +159,18 @@ def _binary_call(kind, name, x, targets, weight, pos_weight, reduction, eps, bac
     return loss, g
 
 
-def _grad_scale(grad_output, red, shape, size):
-    """The upstream gradient, divided by the mean's count, as a float64 (N, V) view."""
+def _grad_scale(grad_output, red, shape, size, dtype):
+    """The upstream gradient (divided by the mean's count) as the kernels take it: ``(per row
+    (N,) float64, per element (N, V) or None)``."""
+    n = int(np.prod(shape[:-1], dtype=np.int64)) if len(shape) else 1
     if red != "none":
-        go = _checks.grad_output(grad_output, red, ())
-        scale = float(go) / size if red == "mean" and size else float(go)
-        return _broadcast(scale, shape, "grad_output")
+        go = float(_checks.grad_output(grad_output, red, ()))
+        return np.full(n, go / size if red == "mean" and size else go), None
     go = _checks.grad_output(grad_output, red, shape)
-    return _broadcast(go, shape, "grad_output")
+    cw, rw, ew = _factors(go, shape, "grad_output", dtype)
+    if cw is not None:  # per class: as elements, it is rare
+        ew = np.ascontiguousarray(np.broadcast_to(cw, (n, cw.size)))
+    return (np.ones(n) if rw is None else rw.astype(np.float64)), ew
 
 
 def binary_cross_entropy_with_logits(logits, targets, *, weight=None, pos_weight=None,
@@ -295,8 +318,8 @@ def cross_entropy_from_probs(probs, targets, *, weight=None, sample_weight=None,
     if _dtypes.is_float(t.dtype) or t.shape == a.shape:
         q = _values(t, a.shape, "targets", a.dtype)
         be = _host_only("cross_entropy_from_probs", backend, probs)
-        wb = None if w is None else _broadcast(w, a.shape, "weight")
-        sums, bad = be.binary(CATEGORICAL, _rows(a), _rows(q), wb, None, clip)
+        weights = (None if w is None else w.astype(compute_dtype(a.dtype)), None, None)
+        sums, bad = be.binary(CATEGORICAL, _rows(a), _rows(q), weights, None, clip)
         if bad:
             _raise_out_of_range([("probs", a, False), ("targets", q, True)])
         rows = sums
@@ -363,7 +386,7 @@ def entropy(x, *, kind="logits", eps=None, backend="auto"):
         stats, ints = be.token_partials(xs, codes)
         ent = finish(stats, ints, np.zeros(xs.shape[0], bool))[2]
     else:
-        ent, bad = be.binary(CATEGORICAL, xs, xs, None, None, _eps(eps, a.dtype))
+        ent, bad = be.binary(CATEGORICAL, xs, xs, eps=_eps(eps, a.dtype))
         if bad:
             _raise_out_of_range([("x", a, False)])
     return ent.astype(compute_dtype(a.dtype)).reshape(a.shape[:-1])
@@ -398,8 +421,8 @@ def kl_divergence(p, q, *, kind="logits", reduction="none", eps=None, backend="a
         kl = be.kl_logits(_rows(a), _rows(b))
     else:
         clip_a, clip_b = _eps(eps, a.dtype), _eps(eps, b.dtype)
-        cross, bad_b = be.binary(CATEGORICAL, _rows(b), _rows(a), None, None, clip_b)
-        ent, bad_a = be.binary(CATEGORICAL, _rows(a), _rows(a), None, None, clip_a)
+        cross, bad_b = be.binary(CATEGORICAL, _rows(b), _rows(a), eps=clip_b)
+        ent, bad_a = be.binary(CATEGORICAL, _rows(a), _rows(a), eps=clip_a)
         if bad_a or bad_b:
             _raise_out_of_range([("p", a, False), ("q", b, False)])
         kl = np.maximum(cross - ent, 0.0)

@@ -590,11 +590,11 @@ def token_partials(x, targets, thresholds=None):
     return kernel(x, targets, thresholds)
 
 
-def binary(kind, x, targets, weight, pos_weight, eps=0.0, losses=None, grad=None,
-           grad_scale=None):
+def binary(kind, x, targets, weights=(None, None, None), pos_weight=None, eps=0.0, losses=None,
+           grad=None, scale=(None, None)):
     """See ``reference.binary``; the kernel is in :mod:`.cpu_binary`."""
     from .cpu_binary import binary as kernel
-    return kernel(kind, x, targets, weight, pos_weight, eps, losses, grad, grad_scale)
+    return kernel(kind, x, targets, weights, pos_weight, eps, losses, grad, scale)
 
 
 def kl_logits(x, y):

@@ -28,7 +28,7 @@ from numba.extending import overload
 from .._threading import parallel_guard
 from ._logs import flog, flog1p
 from ._numeric import as_compute, fexp as exp32_or_libm, load, store
-from .cpu import _REDUCE, _plan, _serial
+from .cpu import _REDUCE, _part, _plan, _row_part, _serial
 
 # NumPy's error model: a division by zero gives inf instead of raising, so loops with divisions
 # vectorise (Python's model checks every divisor)
@@ -41,16 +41,17 @@ _SUM = 256
 LOGITS, PROBS, CATEGORICAL = 0, 1, 2
 
 
-def _at2(w, r, j):
-    """``w[r, j]``, or 1 when ``w`` is None."""
-    return 1.0
+def _target(v, x):
+    """A target element in the compute type of ``x``: a storage element (floats), or a byte
+    (booleans, 8-bit integers: multi-label targets at one byte per element)."""
 
 
-@overload(_at2, inline="always")
-def _at2_impl(w, r, j):
-    if isinstance(w, types.NoneType):
-        return lambda w, r, j: np.float32(1.0)
-    return lambda w, r, j: w[r, j]
+@overload(_target, inline="always")
+def _target_impl(v, x):
+    if isinstance(v, (types.Boolean, types.Integer)) and (
+            isinstance(v, types.Boolean) or v.bitwidth == 8):
+        return lambda v, x: as_compute(np.float32(v), x)
+    return lambda v, x: as_compute(load(v), x)
 
 
 def _at1(w, j):
@@ -140,36 +141,46 @@ def _term_impl(x, y, pw, c, one):
 
 
 @njit(**_PARALLEL)
-def _tasks(x, y, w, pw, c, losses, g, gs, nchunk, size, part, bad):
+def _tasks(x, y, cw, rw, ew, pw, c, losses, g, rs, ge, nchunk, size, part, bad):
+    """Task k = (row k // nchunk, columns of chunk k % nchunk). The weight of element (r, j) is
+    ``cw[j]·rw[r]·ew[r, j]`` (each factor 1 where None), its gradient scale ``rs[r]·ge[r, j]``."""
     n, v = x.shape
     one = as_compute(1.0, x)
     for k in prange(n * nchunk):
         r = k // nchunk
         lo = (k % nchunk) * size
         hi = min(lo + size, v)
+        row_w = as_compute(_at1(rw, r), x)
+        row_g = as_compute(_at1(rs, r), x) * row_w
         total = 0.0
         nbad = 0
         for b in range(lo, hi, _SUM):
             e = min(b + _SUM, hi)
-            # 1-D slices walked from 0: no wrap-around of negative indices, which would turn
-            # the loads into gathers (see cpu._segment_stats)
+            # 1-D contiguous slices walked from 0: no wrap-around of negative indices and a known
+            # stride, either of which would turn the loads into gathers (see cpu._segment_stats)
             xs = x[r, b:e]
             ys = y[r, b:e]
+            cws = _part(cw, b, e)
+            ews = _row_part(ew, r, b, e)
+            pws = _part(pw, b, e)
+            ls = _row_part(losses, r, b, e)
+            gr = _row_part(g, r, b, e)
+            ges = _row_part(ge, r, b, e)
             s = one - one
             for j in range(e - b):
                 xv = load(xs[j])
-                yv = as_compute(load(ys[j]), x)
-                wv = as_compute(_at2(w, r, b + j), x)
-                loss, d, ok = _term(xv, yv, as_compute(_at1(pw, b + j), x), _eps(c, x), one)
+                yv = _target(ys[j], x)
+                wv = as_compute(_at1(cws, j), x) * as_compute(_at1(ews, j), x)
+                loss, d, ok = _term(xv, yv, as_compute(_at1(pws, j), x), _eps(c, x), one)
                 nbad += 0 if ok else 1
                 loss = wv * loss
                 s += loss
                 if losses is not None:
-                    losses[r, b + j] = loss
+                    ls[j] = row_w * loss
                 if g is not None:
-                    g[r, b + j] = store(wv * as_compute(gs[r, b + j], x) * d, g)
+                    gr[j] = store(row_g * as_compute(_at1(ges, j), x) * wv * d, gr)
             total += np.float64(s)
-        part[k] = total
+        part[k] = total * np.float64(row_w)
         bad[k] = nbad
 
 
@@ -186,8 +197,8 @@ def _eps_impl(c, x):
     return lambda c, x: as_compute(c, x)
 
 
-def binary(kind, x, targets, weight, pos_weight, eps=0.0, losses=None, grad=None,
-           grad_scale=None):
+def binary(kind, x, targets, weights=(None, None, None), pos_weight=None, eps=0.0, losses=None,
+           grad=None, scale=(None, None)):
     """See ``reference.binary``: the same sums, losses and gradient from a Numba kernel."""
     n, v = x.shape
     if n == 0 or v == 0:
@@ -198,6 +209,6 @@ def binary(kind, x, targets, weight, pos_weight, eps=0.0, losses=None, grad=None
     with parallel_guard() as parallel:
         kernel = _tasks if parallel else _serial(_tasks)
         c = {LOGITS: None, PROBS: float(eps), CATEGORICAL: (float(eps),)}[kind]
-        kernel(x, targets, weight, pos_weight, c, losses, grad, grad_scale, nchunk, size, part,
+        kernel(x, targets, *weights, pos_weight, c, losses, grad, *scale, nchunk, size, part,
                bad)
     return part.reshape(n, nchunk).sum(axis=1), int(bad.sum())

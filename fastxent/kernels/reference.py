@@ -135,26 +135,37 @@ def token_partials(x, targets, thresholds=None):
     return stats, ints
 
 
-def binary(kind, x, targets, weight, pos_weight, eps=0.0, losses=None, grad=None,
-           grad_scale=None):
+def binary(kind, x, targets, weights=(None, None, None), pos_weight=None, eps=0.0, losses=None,
+           grad=None, scale=(None, None)):
     """Element-wise binary cross-entropy of the (N, V) storage view ``x``: logits (``kind`` 0)
     or probabilities (``kind`` 1), against the targets (a storage view of ``x``'s shape); or
     (``kind`` 2) the categorical terms ``-q·log p`` of probabilities ``x`` and target shares
     ``q`` (0·log 0 = 0; out of range: p outside [0, 1] or q < 0).
 
-    ``weight`` is None or a float array broadcast to (N, V), ``pos_weight`` None or (V,) (logits
-    only); ``eps`` > 0 clips probabilities to [eps, 1 - eps] instead of clamping their logs at
-    -100. Returns ``(row sums (N,) float64, count of probabilities or targets outside [0, 1])``.
-    Given ``losses`` (N, V) the weighted element losses are written there; given ``grad`` (a
-    storage view) and ``grad_scale`` (broadcast to (N, V)), ``grad_scale·weight·dloss/dx``.
+    ``weights = (cw, rw, ew)``: the weight of element (i, j) is ``cw[j]·rw[i]·ew[i, j]``, each
+    factor 1 where None (class weights (V,), row weights (N,), element weights (N, V)).
+    ``pos_weight`` is None or (V,) (logits only); ``eps`` > 0 clips probabilities to
+    [eps, 1 - eps] instead of clamping their logs at -100. Returns ``(row sums (N,) float64,
+    count of probabilities or targets out of range)``. Given ``losses`` (N, V) the weighted
+    element losses are written there; given ``grad`` (a storage view) and ``scale = (rs, ge)``
+    (rows (N,), elements (N, V) or None), ``rs[i]·ge[i, j]·weight·dloss/dx``.
     """
     n, v = x.shape
     sums = np.zeros(n)
     bad = 0
     for rws in _row_blocks(n, v):
         a = decode(x[rws])
-        y = decode(targets[rws])
-        w = 1.0 if weight is None else np.asarray(weight[rws], dtype=np.float64)
+        # booleans and bytes as they are; 16-bit integers are the storage of halves
+        y = (np.asarray(targets[rws], dtype=np.float64) if targets.dtype.itemsize == 1
+             else decode(targets[rws]))
+        cw, rw, ew = weights
+        w = np.ones(y.shape)
+        if cw is not None:
+            w = w * np.asarray(cw, dtype=np.float64)
+        if rw is not None:
+            w = w * np.asarray(rw[rws], dtype=np.float64)[:, None]
+        if ew is not None:
+            w = w * np.asarray(ew[rws], dtype=np.float64)
         with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
             if kind == 0:
                 bad += int(np.count_nonzero(~((y >= 0) & (y <= 1))))
@@ -185,7 +196,11 @@ def binary(kind, x, targets, weight, pos_weight, eps=0.0, losses=None, grad=None
         if losses is not None:
             losses[rws] = loss
         if grad is not None:
-            encode_into(grad[rws], w * np.asarray(grad_scale[rws], dtype=np.float64) * d)
+            rs, ge = scale
+            gsc = np.ones(y.shape) if ge is None else np.asarray(ge[rws], dtype=np.float64)
+            if rs is not None:
+                gsc = gsc * np.asarray(rs[rws], dtype=np.float64)[:, None]
+            encode_into(grad[rws], w * gsc * d)
     return sums, bad
 
 
