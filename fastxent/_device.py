@@ -221,3 +221,77 @@ def token_stats(logits, targets, *, ignore_index):
     stream.synchronize()
     return tuple(f.reshape(lead) for f in finish(stats, ints, ignored))
 
+
+def binary(kind, logits, targets, weights, pos_weight, eps, reduction, grad, grad_scale, out,
+           inplace, count_name):
+    """The element-wise binary losses on the GPU (``fastxent._family`` checks the arguments and
+    factors the weights on the host): ``(loss, gradient or None)``, both on the device in the
+    caller's kind of array; a mean or a sum is a 0-d float64 array."""
+    be = _backend()
+    ad = _arrays.adapter(logits)
+    dname, shape = ad.dtype_name(logits), ad.shape(logits)
+    _checks.logits_format(dname, shape, scalar_ok=True)
+    v = shape[-1] if shape else 1
+    n = int(np.prod(shape[:-1])) if shape else 1
+    compute = "float64" if dname == "float64" else "float32"
+    stream = ad.stream()
+    x = ad.view(logits).reshape(n, v)
+    if _arrays.is_device(targets):
+        other = _arrays.adapter(targets)
+        if other.shape(targets) != tuple(shape):
+            raise ValueError(f"targets has shape {other.shape(targets)}: expected the input's "
+                             f"shape {tuple(shape)}")
+        if other.dtype_name(targets) not in _dtypes.SUPPORTED:
+            raise TypeError("targets on the GPU must be floats (float16, bfloat16, float32 or "
+                            f"float64), got {other.dtype_name(targets)}")
+        t = other.view(targets).reshape(n, v)
+    else:
+        h = np.asarray(targets)
+        if h.shape != tuple(shape):
+            raise ValueError(f"targets has shape {h.shape}: expected the input's shape "
+                             f"{tuple(shape)}")
+        if not _dtypes.is_float(h.dtype):
+            h = h.astype(compute)
+        t = ad.cuda.to_device(_dtypes.storage_view(np.ascontiguousarray(h)).reshape(n, v),
+                              stream=stream)
+
+    def dev(a):
+        return None if a is None else ad.cuda.to_device(np.ascontiguousarray(a).reshape(-1),
+                                                        stream=stream)
+
+    losses = ad.empty(shape, compute) if reduction == "none" else None
+    total = ad.empty((1,), "float64")
+    g = gview = None
+    if grad:
+        if inplace:
+            _check_inplace(ad, logits)
+            g, gview = logits, x
+        elif out is not None:
+            _check_out(ad, out, logits, dname, shape)
+            g = out
+            gview = ad.view(out).reshape(n, v)
+        else:
+            g = ad.empty(shape, dname)
+            gview = ad.view(g).reshape(n, v)
+    scale = (None, None) if grad_scale is None else tuple(dev(a) for a in grad_scale)
+    size = n * v
+    flag = be.binary(kind, x, t, tuple(dev(a) for a in weights), dev(pos_weight), eps,
+                     None if losses is None else ad.view(losses).reshape(-1), gview, scale,
+                     1.0 / size if reduction == "mean" and size else
+                     (float("nan") if reduction == "mean" else 1.0), ad.view(total), stream)
+    count = flag.copy_to_host(stream=stream)
+    stream.synchronize()
+    if int(count[0]):
+        raise ValueError(f"{count_name} must be in [0, 1] ({int(count[0])} elements are not)")
+    loss = losses if reduction == "none" else ad.scalar(total)
+    if ad.kind == "host":
+        loss = ad.host(loss).reshape(shape) if reduction == "none" else float(ad.host(total)[0])
+        if grad:
+            host = ad.host(gview).reshape(shape)
+            target = logits if inplace else out
+            if target is None:
+                return loss, host.view(np.asarray(logits).dtype)
+            np.copyto(_dtypes.storage_view(target), host)
+            return loss, target
+    return (loss, g) if grad else (loss, None)
+

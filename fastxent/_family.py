@@ -118,10 +118,38 @@ def _raise_out_of_range(checks):
             raise ValueError(f"{name} must be {rule}, got {name}[{pos}] = {flat[k]}")
 
 
+def _device_binary(kind, name, x, targets, weight, pos_weight, red, eps, grad, grad_output, out,
+                   inplace):
+    """The GPU path: weights, pos_weight and grad_output are host values (factored here)."""
+    from . import _arrays, _device
+    for label, value in (("weight", weight), ("pos_weight", pos_weight),
+                         ("grad_output", grad_output)):
+        if _arrays.is_device(value):
+            raise TypeError(f"{label} must be a host array or a number for GPU logits")
+    ad = _arrays.adapter(x)
+    shape, dname = tuple(ad.shape(x)), ad.dtype_name(x)
+    _checks.logits_format(dname, shape, name=name, scalar_ok=True)
+    like = np.dtype(np.float64 if dname == "float64" else np.float32)
+    v = shape[-1] if shape else 1
+    pw = None
+    if pos_weight is not None:
+        pw = np.ascontiguousarray(np.broadcast_to(np.asarray(pos_weight, np.float64), (v,)),
+                                  dtype=like)
+    size = int(np.prod(shape))
+    gs = _grad_scale(grad_output, red, shape, size, like) if grad else None
+    loss, g = _device.binary(kind, x, targets, _factors(weight, shape, "weight", like), pw,
+                             _eps(eps, like), red, grad, gs, out, inplace,
+                             "probs and targets" if kind == PROBS else "targets")
+    return (loss, g) if grad else loss
+
+
 def _binary_call(kind, name, x, targets, weight, pos_weight, reduction, eps, backend, grad,
                  grad_output, out, inplace):
-    a = _checks.logits_array(x, name=name, scalar_ok=True)
     red = _checks.reduction(reduction)
+    if _dispatch.uses_cuda(backend, x):
+        return _device_binary(kind, name, x, targets, weight, pos_weight, red, eps, grad,
+                              grad_output, out, inplace)
+    a = _checks.logits_array(x, name=name, scalar_ok=True)
     be = _host_only("binary_cross_entropy" + ("_with_logits" if kind == LOGITS else ""),
                     backend, x)
     t = _values(targets, a.shape, "targets", a.dtype)

@@ -135,21 +135,25 @@ def _cross_entropy_fake(logits, targets, weight, reduction, ignore_index, label_
     return logits.new_empty(shape), torch.empty_like(logits, memory_format=torch.contiguous_format)
 
 
-def _op_setup(ctx, inputs, output):
-    ctx.reduction = inputs[3]
-    ctx.save_for_backward(output[1])
-    # the gradient output is not differentiated through: no zeros of the logits' size for it
-    ctx.mark_non_differentiable(output[1])
-    ctx.set_materialize_grads(False)
+def _keep_gradient(op, reduction_at, n_args, per_row):
+    """Autograd for ``op``, an operator returning ``(loss, gradient of the loss)``: the gradient
+    is kept from the forward pass and scaled by the upstream one in the backward pass."""
+    def setup(ctx, inputs, output):
+        ctx.reduction = inputs[reduction_at]
+        ctx.save_for_backward(output[1])
+        # the gradient output is not differentiated through: no zeros of the logits' size for it
+        ctx.mark_non_differentiable(output[1])
+        ctx.set_materialize_grads(False)
+
+    def backward(ctx, grad_loss, _grad_of_grad):
+        _no_double_backward()
+        (grad,) = ctx.saved_tensors
+        return (_scaled(grad, grad_loss, ctx.reduction, per_row),) + (None,) * (n_args - 1)
+
+    op.register_autograd(backward, setup_context=setup)
 
 
-def _op_backward(ctx, grad_loss, _grad_of_grad):
-    _no_double_backward()
-    (grad,) = ctx.saved_tensors
-    return _scaled(grad, grad_loss, ctx.reduction), None, None, None, None, None, None, None
-
-
-_cross_entropy_op.register_autograd(_op_backward, setup_context=_op_setup)
+_keep_gradient(_cross_entropy_op, 3, 8, per_row=True)
 
 
 @torch.library.custom_op("fastxent::cross_entropy_forward", mutates_args=())
@@ -314,14 +318,12 @@ def _bce_op(logits: torch.Tensor, targets: torch.Tensor, weight: Optional[torch.
             pos_weight: Optional[torch.Tensor], reduction: str
             ) -> Tuple[torch.Tensor, torch.Tensor]:
     """(loss, gradient of the loss) of element-wise binary cross-entropy on logits."""
-    if logits.is_cuda:
-        raise NotImplementedError("fastxent.torch.binary_cross_entropy_with_logits has no CUDA "
-                                  "kernel yet: use torch.nn.functional's on CUDA tensors")
-    def host(t):
-        return None if t is None else _arrays(t.detach())
+    def host(t):  # weights are O(V) or O(N) values, copied to the host for CUDA tensors
+        return None if t is None else _host(t.detach().cpu()) if logits.is_cuda else \
+            _arrays(t.detach())
     loss, grad = _api_family.binary_cross_entropy_with_logits_with_grad(
-        host(logits), host(targets), weight=host(weight), pos_weight=host(pos_weight),
-        reduction=reduction)
+        _arrays(logits.detach()), _arrays(targets.detach()), weight=host(weight),
+        pos_weight=host(pos_weight), reduction=reduction)
     return _tensor(loss).to(dtype=logits.dtype), _tensor(grad)
 
 
@@ -331,26 +333,14 @@ def _bce_fake(logits, targets, weight, pos_weight, reduction):
     return logits.new_empty(shape), torch.empty_like(logits, memory_format=torch.contiguous_format)
 
 
-def _bce_setup(ctx, inputs, output):
-    ctx.reduction = inputs[4]
-    ctx.save_for_backward(output[1])
-    ctx.mark_non_differentiable(output[1])
-    ctx.set_materialize_grads(False)
-
-
-def _bce_backward(ctx, grad_loss, _grad_of_grad):
-    _no_double_backward()
-    (grad,) = ctx.saved_tensors
-    return _scaled(grad, grad_loss, ctx.reduction, per_row=False), None, None, None, None
-
-
-_bce_op.register_autograd(_bce_backward, setup_context=_bce_setup)
+_keep_gradient(_bce_op, 4, 5, per_row=False)
 
 
 def binary_cross_entropy_with_logits(input, target, weight=None, size_average=None, reduce=None,
                                      reduction="mean", pos_weight=None):
     """``torch.nn.functional.binary_cross_entropy_with_logits``, computed by fastxent's fused
-    kernel (CPU tensors; the loss and its gradient in one pass, the gradient kept for backward).
+    kernel (the loss and its gradient in one pass, the gradient kept for backward); CPU tensors,
+    and CUDA tensors through the CUDA backend (weights are then copied to the host and back).
 
     Differentiable with respect to ``input``; ``target``, ``weight`` and ``pos_weight`` are
     constants (a ``RuntimeError`` says so if one of them requires grad).

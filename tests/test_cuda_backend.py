@@ -440,3 +440,43 @@ def test_token_stats_of_device_arrays(rng):
     with pytest.raises(IndexError, match="is out of range"):
         fx.token_stats(cuda.to_device(x), cuda.to_device(np.full((2, 3), V)))
 
+
+# --- binary cross-entropy ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_bce_with_logits_matches_cpu(rng, dtype, reduction):
+    from test_family import extreme_logits, soft_targets
+    x = extreme_logits(rng, (5, V), dtype)
+    y = soft_targets(rng, (5, V))
+    opts = dict(weight=rng.uniform(0.5, 2, (5, 1)), pos_weight=rng.uniform(0.5, 3, V),
+                reduction=reduction)
+    go = rng.uniform(0.5, 2, (5, V)) if reduction == "none" else 2.0
+    lc, gc = fx.binary_cross_entropy_with_logits_with_grad(x, y, backend="cpu", grad_output=go,
+                                                           **opts)
+    lg, gg = fx.binary_cross_entropy_with_logits_with_grad(x, y, backend="cuda", grad_output=go,
+                                                           **opts)
+    np.testing.assert_allclose(lg, lc, rtol=1e-6, atol=1e-6)
+    assert gg.dtype == dtype
+    np.testing.assert_allclose(to64(gg), to64(gc), rtol=ROUNDING[dtype], atol=1e-6)
+    pc = fx.binary_cross_entropy_with_logits(x, y, backend="cpu", weight=rng.uniform(0.5, 2, V))
+    assert np.isfinite(pc)
+
+
+def test_bce_of_device_arrays_and_probabilities(rng):
+    x = random_logits(rng, (4, V), F32)
+    y = (rng.random((4, V)) < 0.3).astype(F32)
+    loss, grad = fx.binary_cross_entropy_with_logits_with_grad(cuda.to_device(x),
+                                                               cuda.to_device(y))
+    want, want_grad = fx.binary_cross_entropy_with_logits_with_grad(x, y)
+    assert float(loss.copy_to_host()) == pytest.approx(want, rel=1e-6)
+    np.testing.assert_allclose(grad.copy_to_host(), want_grad, atol=1e-6)
+    p = rng.random((4, V)).astype(F32)
+    p[0, :3] = [0.0, 1.0, 1 - 1e-7]
+    for eps in (None, 1e-7):
+        np.testing.assert_allclose(fx.binary_cross_entropy(p, y, backend="cuda", eps=eps),
+                                   fx.binary_cross_entropy(p, y, eps=eps), rtol=1e-6)
+    with pytest.raises(ValueError, match=r"must be in \[0, 1\]"):
+        fx.binary_cross_entropy(p * 2, y, backend="cuda")
+

@@ -127,3 +127,22 @@ def test_token_kernel_ptx(target_cc, dtype):
     assert f".target sm_{target_cc[0]}{target_cc[1]}" in ptx
     assert "bar.sync" in ptx  # the block's tree merge
     assert ".local" not in ptx
+
+
+@pytest.mark.parametrize("target_cc", [(9, 0)], indirect=True, ids=["sm90"])
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_binary_kernels_ptx(target_cc, dtype):
+    from fastxent.kernels import _cuda_binary as kb
+    compute = np.float32
+    x = np.zeros(N * V, STORAGE[dtype])
+    vec = np.zeros(V, compute)
+    args = (0, x, np.zeros(N * V, compute), N, V, vec, True, np.zeros(N, compute), False,
+            np.zeros(1, compute), False, vec, True, 0.0, np.zeros(1, compute), False, x, True,
+            np.zeros(N), np.zeros(1, compute), False, np.zeros(N), np.zeros(N, np.int64))
+    for kernel, kargs in ((kb.binary_kernel, args),
+                          (kb.sum_kernel, (np.zeros(N), np.zeros(N, np.int64), N, 1.0,
+                                           np.zeros(1), np.zeros(1, np.int64)))):
+        signature = tuple(numba.typeof(a) for a in kargs)
+        ptx, _ = cuda.compile_ptx(kernel.py_func, signature, cc=target_cc)
+        assert "bar.sync" in ptx and ".local" not in ptx
+

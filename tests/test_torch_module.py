@@ -341,3 +341,22 @@ def test_bce_with_logits_module_opcheck_and_errors(gen):
         fxt.binary_cross_entropy_with_logits(x, y.clone().requires_grad_())
     with pytest.raises(ValueError, match=r"targets must be in \[0, 1\]"):
         fxt.binary_cross_entropy_with_logits(x, y * 2)
+
+
+@needs_gpu
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_bce_with_logits_on_cuda_tensors(gen, reduction):
+    x = torch.randn(5, 300, generator=gen) * 4
+    y = (torch.rand(5, 300, generator=gen) > 0.7).float()
+    pw = torch.rand(300, generator=gen) * 3
+    a = x.cuda().requires_grad_()
+    b = x.double().requires_grad_()
+    la = fxt.binary_cross_entropy_with_logits(a, y.cuda(), reduction=reduction,
+                                              pos_weight=pw.cuda())
+    lb = F.binary_cross_entropy_with_logits(b, y.double(), reduction=reduction,
+                                            pos_weight=pw.double())
+    assert la.is_cuda
+    la.sum().backward()
+    lb.sum().backward()
+    _check(la.cpu(), a.grad.cpu(), lb, b.grad, torch.float32)
+

@@ -27,7 +27,7 @@ from numba.extending import overload
 
 from .._threading import parallel_guard
 from ._logs import flog, flog1p
-from ._numeric import as_compute, fexp as exp32_or_libm, load, store
+from ._numeric import as_compute, fexp as exp32_or_libm, load, store, weight_at
 from .cpu import _REDUCE, _part, _plan, _row_part, _serial
 
 # NumPy's error model: a division by zero gives inf instead of raising, so loops with divisions
@@ -52,17 +52,6 @@ def _target_impl(v, x):
             isinstance(v, types.Boolean) or v.bitwidth == 8):
         return lambda v, x: as_compute(np.float32(v), x)
     return lambda v, x: as_compute(load(v), x)
-
-
-def _at1(w, j):
-    return 1.0
-
-
-@overload(_at1, inline="always")
-def _at1_impl(w, j):
-    if isinstance(w, types.NoneType):
-        return lambda w, j: np.float32(1.0)
-    return lambda w, j: w[j]
 
 
 @njit(inline="always", **_ELEMENT)
@@ -150,8 +139,8 @@ def _tasks(x, y, cw, rw, ew, pw, c, losses, g, rs, ge, nchunk, size, part, bad):
         r = k // nchunk
         lo = (k % nchunk) * size
         hi = min(lo + size, v)
-        row_w = as_compute(_at1(rw, r), x)
-        row_g = as_compute(_at1(rs, r), x) * row_w
+        row_w = as_compute(weight_at(rw, r), x)
+        row_g = as_compute(weight_at(rs, r), x) * row_w
         total = 0.0
         nbad = 0
         for b in range(lo, hi, _SUM):
@@ -170,15 +159,15 @@ def _tasks(x, y, cw, rw, ew, pw, c, losses, g, rs, ge, nchunk, size, part, bad):
             for j in range(e - b):
                 xv = load(xs[j])
                 yv = _target(ys[j], x)
-                wv = as_compute(_at1(cws, j), x) * as_compute(_at1(ews, j), x)
-                loss, d, ok = _term(xv, yv, as_compute(_at1(pws, j), x), _eps(c, x), one)
+                wv = as_compute(weight_at(cws, j), x) * as_compute(weight_at(ews, j), x)
+                loss, d, ok = _term(xv, yv, as_compute(weight_at(pws, j), x), _eps(c, x), one)
                 nbad += 0 if ok else 1
                 loss = wv * loss
                 s += loss
                 if losses is not None:
                     ls[j] = row_w * loss
                 if g is not None:
-                    gr[j] = store(row_g * as_compute(_at1(ges, j), x) * wv * d, gr)
+                    gr[j] = store(row_g * as_compute(weight_at(ges, j), x) * wv * d, gr)
             total += np.float64(s)
         part[k] = total * np.float64(row_w)
         bad[k] = nbad

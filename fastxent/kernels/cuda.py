@@ -107,3 +107,38 @@ def token_partials(x, codes, thresholds, stream):
             x.reshape(-1), n, v, codes, thr, thresholds is not None, stats, ints)
     return stats, ints
 
+
+def binary(kind, x, targets, weights, pos_weight, eps, losses, grad, scale, loss_scale, total,
+           stream):
+    """Queues the element-wise binary losses (or the categorical terms) of the (N, V) storage
+    view ``x`` against ``targets`` (both Numba device arrays) on ``stream``, as
+    ``reference.binary`` defines them: ``weights = (cw, rw, ew)`` and ``scale = (rs, ge)`` are
+    device arrays or None, ``losses`` (N·V compute type) and ``grad`` (a storage view) device
+    arrays or None; ``total`` (1,) float64 receives ``loss_scale·Σ``. Returns the device flag
+    (1,): the count of out-of-range elements, without waiting."""
+    from .. import config
+    from . import _cuda_binary as kb
+    n, v = x.shape
+    row_sums = cuda.to_device(np.zeros(n), stream=stream)
+    bad = cuda.to_device(np.zeros(n, np.int64), stream=stream)
+    flag = cuda.device_array(1, np.int64, stream=stream)
+    threads = min(config.CUDA_TOKEN_THREADS, kb.THREADS)
+    if n and v:
+        sms, _ = _device_facts()
+        blocks = min(n, sms * kb.BLOCKS_PER_SM, config.CUDA_MAX_BLOCKS or n)
+        cw, rw, ew = weights
+        rs, ge = scale
+        compute = np.float64 if x.dtype == np.float64 else np.float32
+
+        def arg(a, dtype=compute):
+            return (_dummy(dtype), False) if a is None else (a, True)
+
+        kb.binary_kernel[blocks, threads, stream](
+            kind, x.reshape(-1), targets.reshape(-1), n, v, *arg(cw), *arg(rw), *arg(ew),
+            *arg(pos_weight), float(eps), losses if losses is not None else _dummy(compute),
+            losses is not None, grad.reshape(-1) if grad is not None else _dummy(x.dtype),
+            grad is not None, rs if rs is not None else _dummy(np.float64), *arg(ge),
+            row_sums, bad)
+    kb.sum_kernel[1, threads, stream](row_sums, bad, n, float(loss_scale), total, flag)
+    return flag
+
