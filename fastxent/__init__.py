@@ -6,7 +6,8 @@ gradient come out of one or two passes over the logits with no temporaries of th
 
 from ._api import cross_entropy, cross_entropy_with_grad, logsumexp
 from ._evaluator import EvalResult, Evaluator, SequenceResult
-from ._family import (binary_cross_entropy, binary_cross_entropy_with_logits,
+from ._family import (binary_cross_entropy, binary_cross_entropy_with_grad,
+                      binary_cross_entropy_with_logits,
                       binary_cross_entropy_with_logits_with_grad, cross_entropy_from_probs, entropy,
                       kl_divergence)
 from ._tokens import TokenStats, token_stats
@@ -21,5 +22,6 @@ __version__ = "0.1.0"
 
 __all__ = ["cross_entropy", "cross_entropy_with_grad", "logsumexp", "token_stats", "TokenStats",
            "Evaluator", "EvalResult", "SequenceResult", "binary_cross_entropy",
+           "binary_cross_entropy_with_grad",
            "binary_cross_entropy_with_logits", "binary_cross_entropy_with_logits_with_grad",
            "cross_entropy_from_probs", "entropy", "kl_divergence", "__version__"]

@@ -295,6 +295,27 @@ def binary_cross_entropy(probs, targets, *, weight=None, reduction="mean", eps=N
                         False, 1.0, None, False)
 
 
+def binary_cross_entropy_with_grad(probs, targets, *, weight=None, reduction="mean", eps=None,
+                                   backend="auto", grad_output=1.0, out=None, inplace=False):
+    """:func:`binary_cross_entropy` and its gradient with respect to the probabilities, in one
+    pass: ``w·(p - y) / max(p·(1 - p), 1e-12)`` as PyTorch's ``BCELoss`` computes it (0 where
+    ``eps`` clips p), times ``grad_output`` (divided by the number of elements for "mean").
+    ``out`` and ``inplace`` as :func:`cross_entropy_with_grad`.
+
+    Examples
+    --------
+    >>> import numpy as np, fastxent as fx
+    >>> loss, grad = fx.binary_cross_entropy_with_grad(np.array([0.5, 0.8]), np.array([1.0, 0.0]),
+    ...                                                reduction="sum")
+    >>> grad                                        # (p - y) / (p·(1 - p))
+    array([-2.,  5.])
+    """
+    if inplace and out is not None:
+        raise ValueError("pass either out= or inplace=True, not both")
+    return _binary_call(PROBS, "probs", probs, targets, weight, None, reduction, eps, backend,
+                        True, grad_output, out, inplace)
+
+
 def cross_entropy_from_probs(probs, targets, *, weight=None, sample_weight=None,
                              ignore_index=-100, reduction="mean", eps=None, backend="auto"):
     """Categorical cross-entropy when the model outputs probabilities: ``-Σ_j w_j·q_j·log p_j``

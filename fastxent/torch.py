@@ -34,8 +34,8 @@ from . import _api, _dtypes
 from . import _family as _api_family
 from ._arrays import torch_bfloat16_host
 
-__all__ = ["BCEWithLogitsLoss", "CrossEntropyLoss", "binary_cross_entropy_with_logits",
-           "cross_entropy"]
+__all__ = ["BCELoss", "BCEWithLogitsLoss", "CrossEntropyLoss", "binary_cross_entropy",
+           "binary_cross_entropy_with_logits", "cross_entropy"]
 
 _REDUCTIONS = ("mean", "sum", "none")
 
@@ -394,4 +394,72 @@ class BCEWithLogitsLoss(torch.nn.Module):
         return binary_cross_entropy_with_logits(input, target, weight=self.weight,
                                                 reduction=self.reduction,
                                                 pos_weight=self.pos_weight)
+
+
+# --- binary cross-entropy on probabilities -------------------------------------------------------
+
+
+@torch.library.custom_op("fastxent::binary_cross_entropy", mutates_args=())
+def _bce_probs_op(probs: torch.Tensor, targets: torch.Tensor, weight: Optional[torch.Tensor],
+                  reduction: str) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(loss, gradient of the loss) of element-wise binary cross-entropy on probabilities."""
+    def host(t):  # weights are O(V) or O(N) values, copied to the host for CUDA tensors
+        return None if t is None else _host(t.detach().cpu()) if probs.is_cuda else \
+            _arrays(t.detach())
+    loss, grad = _api_family.binary_cross_entropy_with_grad(
+        _arrays(probs.detach()), _arrays(targets.detach()), weight=host(weight),
+        reduction=reduction)
+    return _tensor(loss).to(dtype=probs.dtype), _tensor(grad)
+
+
+@_bce_probs_op.register_fake
+def _bce_probs_fake(probs, targets, weight, reduction):
+    shape = probs.shape if reduction == "none" else ()
+    return probs.new_empty(shape), torch.empty_like(probs, memory_format=torch.contiguous_format)
+
+
+_keep_gradient(_bce_probs_op, 3, 4, per_row=False)
+
+
+def binary_cross_entropy(input, target, weight=None, size_average=None, reduce=None,
+                         reduction="mean"):
+    """``torch.nn.functional.binary_cross_entropy`` (``BCELoss``: each log clamped at -100),
+    computed by fastxent's fused kernel, differentiable with respect to ``input``.
+
+    Examples
+    --------
+    >>> import torch, fastxent.torch as fxt
+    >>> p = torch.tensor([0.9, 0.1, 0.8, 0.7, 0.2, 0.9], requires_grad=True)
+    >>> loss = fxt.binary_cross_entropy(p, torch.tensor([1.0, 0, 1, 1, 0, 1]))
+    >>> round(loss.item(), 4)
+    0.1865
+    >>> loss.backward()
+    >>> p.grad
+    tensor([-0.1852,  0.1852, -0.2083, -0.2381,  0.2083, -0.1852])
+    """
+    if size_average is not None or reduce is not None:
+        reduction = _legacy_reduction(size_average, reduce)
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"reduction={reduction!r} is not one of "
+                         f"{', '.join(map(repr, _REDUCTIONS))}")
+    for name, t in (("target", target), ("weight", weight)):
+        if isinstance(t, torch.Tensor) and t.requires_grad:
+            raise RuntimeError(f"fastxent.torch.binary_cross_entropy differentiates with respect "
+                               f"to input only, and {name} requires grad")
+    loss, _ = _bce_probs_op(input, target, weight, reduction)
+    return loss
+
+
+class BCELoss(torch.nn.Module):
+    """``torch.nn.BCELoss`` computed by :func:`binary_cross_entropy`."""
+
+    def __init__(self, weight=None, size_average=None, reduce=None, reduction="mean"):
+        super().__init__()
+        if size_average is not None or reduce is not None:
+            reduction = _legacy_reduction(size_average, reduce)
+        self.register_buffer("weight", weight)
+        self.reduction = reduction
+
+    def forward(self, input, target):
+        return binary_cross_entropy(input, target, weight=self.weight, reduction=self.reduction)
 

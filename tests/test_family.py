@@ -287,3 +287,17 @@ def test_many_sigmoids_per_row_agree_across_backends(rng):
     b = fx.binary_cross_entropy_with_logits_with_grad(x, y, backend="numpy")
     assert a[0] == pytest.approx(b[0], rel=1e-6)
     np.testing.assert_allclose(a[1], b[1], atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bce_on_probabilities_gradient(rng, backend):
+    p = rng.uniform(0.01, 0.99, (6, 40))
+    p[0, :4] = [0.0, 1.0, 1e-9, 1 - 1e-9]
+    y = soft_targets(rng, (6, 40), F64)
+    a = t64(p).requires_grad_()
+    F.binary_cross_entropy(a, t64(y), reduction="sum").backward()
+    loss, grad = fx.binary_cross_entropy_with_grad(p, y, reduction="sum", backend=backend)
+    np.testing.assert_allclose(grad, a.grad.numpy(), rtol=1e-12)
+    # clipped: no gradient where the clip holds p
+    _, g = fx.binary_cross_entropy_with_grad(p, y, eps=1e-6, backend=backend)
+    assert (g[0, :4] == 0).all() and (g[1:] != 0).any()

@@ -360,3 +360,28 @@ def test_bce_with_logits_on_cuda_tensors(gen, reduction):
     lb.sum().backward()
     _check(la.cpu(), a.grad.cpu(), lb, b.grad, torch.float32)
 
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_bce_on_probabilities_matches_functional(gen, dtype, reduction):
+    p = torch.rand(5, 7, generator=gen, dtype=torch.float64).to(dtype)
+    p[0, :3] = torch.tensor([0.0, 1.0, 1e-30], dtype=dtype)
+    y = torch.rand(5, 7, generator=gen, dtype=torch.float64).to(dtype)
+    w = torch.rand(5, 1, generator=gen, dtype=torch.float64).to(dtype) + 0.5
+    a = p.detach().clone().requires_grad_()
+    b = p.detach().double().requires_grad_()
+    la = fxt.binary_cross_entropy(a, y, weight=w, reduction=reduction)
+    lb = F.binary_cross_entropy(b, y.double(), weight=w.double(), reduction=reduction)
+    go = torch.rand(lb.shape, generator=gen, dtype=torch.float64) + 0.5
+    (la * go.to(la.dtype)).sum().backward()
+    (lb * go.to(dtype).double()).sum().backward()
+    assert la.dtype == dtype
+    torch.testing.assert_close(la.double(), lb, rtol=1e-6, atol=1e-6)
+    # the gradient at p = 0 or 1 is about 1e12 (PyTorch's 1e-12 floor): relative there
+    torch.testing.assert_close(a.grad.double(), b.grad, rtol=1e-6, atol=1e-6)
+    criterion = fxt.BCELoss(reduction=reduction)
+    torch.testing.assert_close(criterion(p, y), torch.nn.BCELoss(reduction=reduction)(p, y))
+    results = torch.library.opcheck(fxt._bce_probs_op, (a.detach().requires_grad_(), y, None,
+                                                        reduction))
+    assert set(results.values()) == {"SUCCESS"}, results

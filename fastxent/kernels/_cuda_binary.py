@@ -71,8 +71,11 @@ def _term(kind, x, y, pw, eps, one):
         if not ok:
             return zero, zero, False
         log_p, log_q = _logs(x, eps, one)
-        den = max(x * (one - x), one * 1e-12)
-        return -(y * log_p + (one - y) * log_q), (x - y) / den, True
+        den = max(x * (one - x), one * np.float32(1e-12))  # PyTorch's float32 floor
+        d = (x - y) / den
+        if eps > zero and not (x > eps and x < one - eps):
+            d = zero  # clipped: the loss does not move with p there
+        return -(y * log_p + (one - y) * log_q), d, True
     ok = x >= zero and x <= one and y >= zero
     if not ok:
         return zero, zero, False

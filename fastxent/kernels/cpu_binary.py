@@ -89,10 +89,12 @@ def _prob_term(p, y, eps, one):
         log_p = log_p if log_p > floor else floor
         log_q = log_q if log_q > floor else floor
     loss = -(y * log_p + (one - y) * log_q)
-    # PyTorch's BCELoss backward: (p - y) / max(p·(1 - p), 1e-12)
+    # PyTorch's BCELoss backward: (p - y) / max(p·(1 - p), 1e-12), the floor a float32 constant
     den = p * (one - p)
     tiny = zero + np.float32(1e-12)
     d = (p - y) / (den if den > tiny else tiny)
+    # clipped (eps > 0): the loss does not move with p outside [eps, 1 - eps]
+    d = d if not eps > zero or (p > eps and p < one - eps) else zero
     return loss, d, ok
 
 

@@ -190,7 +190,10 @@ def binary(kind, x, targets, weights=(None, None, None), pos_weight=None, eps=0.
                 if eps <= 0:
                     log_p, log_q = np.maximum(log_p, -100.0), np.maximum(log_q, -100.0)
                 loss = -(y * log_p + (1.0 - y) * log_q)
-                d = (p - y) / np.maximum(p * (1.0 - p), 1e-12)
+                # PyTorch's floor is the float32 1e-12, also for float64 inputs
+                d = (a - y) / np.maximum(a * (1.0 - a), float(np.float32(1e-12)))
+                if eps > 0:  # the clipped loss does not move with p outside [eps, 1 - eps]
+                    d = np.where((a > eps) & (a < 1.0 - eps), d, 0.0)
             loss = w * loss
         sums[rws] = loss.sum(axis=-1)
         if losses is not None:
