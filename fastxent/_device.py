@@ -153,14 +153,20 @@ def cross_entropy(logits, targets, *, reduction, ignore_index, weight, label_smo
     loss = ad.reshape(res, lead) if red == "none" else ad.scalar(res)
     if not grad:
         return loss
-    if ad.kind == "host":  # copy the gradient back, into the caller's array where there is one
-        host = ad.host(grad_view).reshape(shape)
-        target = logits if inplace else out
-        if target is None:
-            return loss, host.view(np.asarray(logits).dtype)
-        np.copyto(_dtypes.storage_view(target), host)
-        return loss, target
+    if ad.kind == "host":
+        return loss, _host_gradient(ad, grad_view, shape, logits, inplace, out)
     return loss, dst
+
+
+def _host_gradient(ad, grad_view, shape, logits, inplace, out):
+    """The gradient of a call on host arrays, copied back from the device: into the caller's
+    array (the logits in place, or ``out``) where there is one."""
+    host = ad.host(grad_view).reshape(shape)
+    target = logits if inplace else out
+    if target is None:
+        return host.view(np.asarray(logits).dtype)
+    np.copyto(_dtypes.storage_view(target), host)
+    return target
 
 
 def _check_inplace(ad, logits):
@@ -287,11 +293,6 @@ def binary(kind, logits, targets, weights, pos_weight, eps, reduction, grad, gra
     if ad.kind == "host":
         loss = ad.host(loss).reshape(shape) if reduction == "none" else float(ad.host(total)[0])
         if grad:
-            host = ad.host(gview).reshape(shape)
-            target = logits if inplace else out
-            if target is None:
-                return loss, host.view(np.asarray(logits).dtype)
-            np.copyto(_dtypes.storage_view(target), host)
-            return loss, target
+            return loss, _host_gradient(ad, gview, shape, logits, inplace, out)
     return (loss, g) if grad else (loss, None)
 

@@ -89,6 +89,25 @@ def _target(ye, k, like):
 
 
 @cuda.jit(**_DEVICE)
+def _tree_sums(acc_s, bad_s, tid, acc, nbad):
+    """The block's sums of ``acc`` (float64) and ``nbad`` (int64), as a tree in a fixed order
+    through the shared slots; every thread must call it, and gets them."""
+    acc_s[tid] = acc
+    bad_s[tid] = nbad
+    cuda.syncthreads()
+    half = cuda.blockDim.x // 2
+    while half > 0:
+        if tid < half:
+            acc_s[tid] += acc_s[tid + half]
+            bad_s[tid] += bad_s[tid + half]
+        cuda.syncthreads()
+        half //= 2
+    total, count = acc_s[0], bad_s[0]
+    cuda.syncthreads()  # the slots are free again for the next call
+    return total, count
+
+
+@cuda.jit(**_DEVICE)
 def _element_weight(cw, has_cw, ew, has_ew, j, k, like, one):
     w = one
     if has_cw:
@@ -131,20 +150,10 @@ def binary_kernel(kind, xe, ye, n, v, cw, has_cw, rw, has_rw, ew, has_ew, pw, ha
             if want_grad:
                 scale = row_g * (as_compute(ge[k], xe) if has_ge else one)
                 g[k] = store(scale * we * d, g)
-        acc_s[tid] = acc
-        bad_s[tid] = nbad
-        cuda.syncthreads()
-        half = cuda.blockDim.x // 2
-        while half > 0:
-            if tid < half:
-                acc_s[tid] += acc_s[tid + half]
-                bad_s[tid] += bad_s[tid + half]
-            cuda.syncthreads()
-            half //= 2
+        total, count = _tree_sums(acc_s, bad_s, tid, acc, nbad)
         if tid == 0:
-            row_sums[row] = acc_s[0]
-            bad[row] = bad_s[0]
-        cuda.syncthreads()  # the slots are free again for the next row
+            row_sums[row] = total
+            bad[row] = count
 
 
 @cuda.jit
@@ -159,16 +168,7 @@ def sum_kernel(row_sums, bad, n, scale, out, flag):
     for r in range(tid, n, cuda.blockDim.x):
         acc += row_sums[r]
         nbad += bad[r]
-    acc_s[tid] = acc
-    bad_s[tid] = nbad
-    cuda.syncthreads()
-    half = cuda.blockDim.x // 2
-    while half > 0:
-        if tid < half:
-            acc_s[tid] += acc_s[tid + half]
-            bad_s[tid] += bad_s[tid + half]
-        cuda.syncthreads()
-        half //= 2
+    total, count = _tree_sums(acc_s, bad_s, tid, acc, nbad)
     if tid == 0:
-        out[0] = acc_s[0] * scale
-        flag[0] = bad_s[0]
+        out[0] = total * scale
+        flag[0] = count
