@@ -96,7 +96,7 @@ def _eps(eps, dtype):
     return _checks.real(eps, "eps", low=0.0, high=0.5, low_open=True)
 
 
-def _reduce(sums, losses, reduction, count, shape, dtype):
+def _reduce(sums, losses, reduction, count, shape):
     if reduction == "none":
         return losses.reshape(shape)
     total = float(np.sum(sums))
@@ -152,6 +152,10 @@ def _binary_call(kind, name, x, targets, weight, pos_weight, reduction, eps, bac
     a = _checks.logits_array(x, name=name, scalar_ok=True)
     be = _host_only("binary_cross_entropy" + ("_with_logits" if kind == LOGITS else ""),
                     backend, x)
+    if grad and inplace:  # before any work: a refused call changes nothing
+        _checks.inplace_target(x)
+        if not x.flags.c_contiguous:
+            raise ValueError("inplace=True needs C-contiguous logits")
     t = _values(targets, a.shape, "targets", a.dtype)
     xs, ts = _rows(a), _rows(t)
     n, v = xs.shape
@@ -166,23 +170,21 @@ def _binary_call(kind, name, x, targets, weight, pos_weight, reduction, eps, bac
     if grad:
         gs = _grad_scale(grad_output, red, a.shape, a.size, a.dtype)
         if inplace:
-            _checks.inplace_target(x)
             g = x
         elif out is not None:
             g = _checks.out_array(out, a)
         else:
             g = np.empty(a.shape, a.dtype)
+        # a non-contiguous out= gets the gradient through a contiguous buffer
         gview = _rows(g) if g.flags.c_contiguous else np.empty((n, v), storage_view(g).dtype)
-        if inplace and not g.flags.c_contiguous:
-            raise ValueError("inplace=True needs C-contiguous logits")
     sums, bad = be.binary(kind, xs, ts, weights, pw, _eps(eps, a.dtype), losses, gview, gs)
     if bad:
         _raise_out_of_range(([] if kind == LOGITS else [("probs", a, False)])
                             + [("targets", t, False)])
-    loss = _reduce(sums, losses, red, a.size, a.shape, a.dtype)
+    loss = _reduce(sums, losses, red, a.size, a.shape)
     if not grad:
         return loss
-    if gview is not None and not np.shares_memory(gview, g):
+    if not g.flags.c_contiguous:
         np.copyto(storage_view(g), gview.reshape(g.shape))
     return loss, g
 

@@ -313,17 +313,24 @@ class CrossEntropyLoss(torch.nn.Module):
 # --- binary cross-entropy on logits (multi-label) ------------------------------------------------
 
 
+def _weight_values(t, on_gpu):
+    """A weight tensor as fastxent's functions take it for the binary losses: weights are O(V) or
+    O(N) values (an element weight at most the input's size), copied to the host for GPU inputs,
+    whose weights are host values."""
+    if t is None:
+        return None
+    return _host(t.detach().cpu()) if on_gpu else _arrays(t.detach())
+
+
 @torch.library.custom_op("fastxent::binary_cross_entropy_with_logits", mutates_args=())
 def _bce_op(logits: torch.Tensor, targets: torch.Tensor, weight: Optional[torch.Tensor],
             pos_weight: Optional[torch.Tensor], reduction: str
             ) -> Tuple[torch.Tensor, torch.Tensor]:
     """(loss, gradient of the loss) of element-wise binary cross-entropy on logits."""
-    def host(t):  # weights are O(V) or O(N) values, copied to the host for CUDA tensors
-        return None if t is None else _host(t.detach().cpu()) if logits.is_cuda else \
-            _arrays(t.detach())
     loss, grad = _api_family.binary_cross_entropy_with_logits_with_grad(
-        _arrays(logits.detach()), _arrays(targets.detach()), weight=host(weight),
-        pos_weight=host(pos_weight), reduction=reduction)
+        _arrays(logits.detach()), _arrays(targets.detach()),
+        weight=_weight_values(weight, logits.is_cuda),
+        pos_weight=_weight_values(pos_weight, logits.is_cuda), reduction=reduction)
     return _tensor(loss).to(dtype=logits.dtype), _tensor(grad)
 
 
@@ -403,11 +410,9 @@ class BCEWithLogitsLoss(torch.nn.Module):
 def _bce_probs_op(probs: torch.Tensor, targets: torch.Tensor, weight: Optional[torch.Tensor],
                   reduction: str) -> Tuple[torch.Tensor, torch.Tensor]:
     """(loss, gradient of the loss) of element-wise binary cross-entropy on probabilities."""
-    def host(t):  # weights are O(V) or O(N) values, copied to the host for CUDA tensors
-        return None if t is None else _host(t.detach().cpu()) if probs.is_cuda else \
-            _arrays(t.detach())
     loss, grad = _api_family.binary_cross_entropy_with_grad(
-        _arrays(probs.detach()), _arrays(targets.detach()), weight=host(weight),
+        _arrays(probs.detach()), _arrays(targets.detach()),
+        weight=_weight_values(weight, probs.is_cuda),
         reduction=reduction)
     return _tensor(loss).to(dtype=probs.dtype), _tensor(grad)
 

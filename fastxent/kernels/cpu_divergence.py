@@ -26,7 +26,7 @@ _BLOCK = config.BLOCK
 @njit(**_REDUCE)
 def _block(xs, ys, mx, my):
     """(Σ exp(x - mx), Σ exp(x - mx)·(x - y), Σ exp(y - my)) of a block, compute type."""
-    zero = mx - mx
+    zero = as_compute(0.0, xs)  # (not mx - mx: NaN for a +inf maximum)
     sx = zero
     a = zero
     sy = zero
