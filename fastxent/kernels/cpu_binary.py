@@ -137,6 +137,7 @@ def _tasks(x, y, cw, rw, ew, pw, c, losses, g, rs, ge, nchunk, size, part, bad):
     ``cw[j]·rw[r]·ew[r, j]`` (each factor 1 where None), its gradient scale ``rs[r]·ge[r, j]``."""
     n, v = x.shape
     one = as_compute(1.0, x)
+    zero = one - one
     for k in prange(n * nchunk):
         r = k // nchunk
         lo = (k % nchunk) * size
@@ -157,13 +158,16 @@ def _tasks(x, y, cw, rw, ew, pw, c, losses, g, rs, ge, nchunk, size, part, bad):
             ls = _row_part(losses, r, b, e)
             gr = _row_part(g, r, b, e)
             ges = _row_part(ge, r, b, e)
-            s = one - one
+            s = zero
+            # out-of-range elements counted in the compute type (exact to 2**24 > _SUM): an
+            # integer count here widened the loop's masks to 512-bit int64 lanes
+            nb = zero
             for j in range(e - b):
                 xv = load(xs[j])
                 yv = _target(ys[j], x)
                 wv = as_compute(weight_at(cws, j), x) * as_compute(weight_at(ews, j), x)
                 loss, d, ok = _term(xv, yv, as_compute(weight_at(pws, j), x), _eps(c, x), one)
-                nbad += 0 if ok else 1
+                nb += zero if ok else one
                 loss = wv * loss
                 s += loss
                 if losses is not None:
@@ -171,6 +175,7 @@ def _tasks(x, y, cw, rw, ew, pw, c, losses, g, rs, ge, nchunk, size, part, bad):
                 if g is not None:
                     gr[j] = store(row_g * as_compute(weight_at(ges, j), x) * wv * d, gr)
             total += np.float64(s)
+            nbad += int(nb)
         part[k] = total * np.float64(row_w)
         bad[k] = nbad
 
