@@ -10,6 +10,7 @@ from ._family import (binary_cross_entropy, binary_cross_entropy_with_grad,
                       binary_cross_entropy_with_logits,
                       binary_cross_entropy_with_logits_with_grad, cross_entropy_from_probs, entropy,
                       kl_divergence)
+from ._linear import linear_cross_entropy, linear_cross_entropy_with_grad
 from ._tokens import TokenStats, token_stats
 from ._threading import ensure_threading_layer as _ensure_threading_layer
 
@@ -24,4 +25,5 @@ __all__ = ["cross_entropy", "cross_entropy_with_grad", "logsumexp", "token_stats
            "Evaluator", "EvalResult", "SequenceResult", "binary_cross_entropy",
            "binary_cross_entropy_with_grad",
            "binary_cross_entropy_with_logits", "binary_cross_entropy_with_logits_with_grad",
-           "cross_entropy_from_probs", "entropy", "kl_divergence", "__version__"]
+           "cross_entropy_from_probs", "entropy", "kl_divergence", "linear_cross_entropy",
+           "linear_cross_entropy_with_grad", "__version__"]
