@@ -133,7 +133,7 @@ def run(ops, h, w, b, t, cw, options, reduction, rows, grad, grad_output=1.0):
         ops.logits(hc, w, b, x)
         tc = ops.targets(t[idx])
         if grad:
-            s = scale if np.ndim(scale) == 0 else ops.rows(scale, idx)
+            s = ops.rows(scale, idx) if getattr(scale, "ndim", 0) else scale
             loss, _ = _api.cross_entropy_with_grad(ops.kernel(x), tc, reduction="none",
                                                    grad_output=s, inplace=True, **opts)
             ops.gradients(grads, x, w, hc, idx)

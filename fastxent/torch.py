@@ -33,9 +33,11 @@ import torch
 from . import _api, _dtypes
 from . import _family as _api_family
 from ._arrays import torch_bfloat16_host
+from ._linear_torch import LinearCrossEntropyLoss, linear_cross_entropy
 
-__all__ = ["BCELoss", "BCEWithLogitsLoss", "CrossEntropyLoss", "binary_cross_entropy",
-           "binary_cross_entropy_with_logits", "cross_entropy"]
+__all__ = ["BCELoss", "BCEWithLogitsLoss", "CrossEntropyLoss", "LinearCrossEntropyLoss",
+           "binary_cross_entropy", "binary_cross_entropy_with_logits", "cross_entropy",
+           "linear_cross_entropy"]
 
 _REDUCTIONS = ("mean", "sum", "none")
 
