@@ -1,0 +1,369 @@
+"""Fused linear cross-entropy (``fx.linear_cross_entropy``, ``fxt.linear_cross_entropy``) against
+float64 PyTorch autograd of ``hidden @ weight.T + bias`` followed by ``F.cross_entropy``."""
+
+import tracemalloc
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+import fastxent as fx
+from fastxent import _linear
+
+torch = pytest.importorskip("torch")
+fxt = pytest.importorskip("fastxent.torch")
+
+needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU for torch")
+
+OPTION_SETS = {
+    "plain": {},
+    "weighted": {"ce_weight": True},
+    "smoothing": {"label_smoothing": 0.2},
+    "z_loss": {"z_loss": 1e-2},
+    "softcap": {"softcap": 2.5},
+    "everything": {"ce_weight": True, "label_smoothing": 0.1, "z_loss": 1e-3, "softcap": 4.0},
+}
+#: loss and gradient tolerance (relative to the largest reference value) for float32 inputs
+RTOL32 = 2e-6
+
+
+def problem(rng, lead=(23,), h=11, v=37, ignored=0.25, bias=True):
+    hidden = rng.standard_normal(lead + (h,))
+    weight = rng.standard_normal((v, h)) * 0.7
+    b = rng.standard_normal(v) if bias else None
+    t = rng.integers(0, v, lead)
+    t[rng.random(lead) < ignored] = -100
+    cw = rng.uniform(0.25, 2.0, v)
+    return hidden, weight, b, t, cw
+
+
+def reference(hidden, weight, b, t, cw, *, reduction="mean", grad_output=1.0, ce_weight=None,
+              label_smoothing=0.0, z_loss=0.0, softcap=None):
+    """Loss and (g_hidden, g_weight, g_bias) by float64 autograd; the z-loss as fastxent's (and
+    Liger-Kernel's): ``z·lse²`` per non-ignored row, averaged over them for a mean."""
+    h = torch.tensor(hidden, dtype=torch.float64, requires_grad=True)
+    w = torch.tensor(weight, dtype=torch.float64, requires_grad=True)
+    bt = None if b is None else torch.tensor(b, dtype=torch.float64, requires_grad=True)
+    y = h @ w.T + (0 if bt is None else bt)
+    if softcap is not None:
+        y = softcap * torch.tanh(y / softcap)
+    tt = torch.tensor(t)
+    weight_t = torch.tensor(cw) if ce_weight else None
+    flat, tf = y.reshape(-1, y.shape[-1]), tt.reshape(-1)
+    loss = torch.nn.functional.cross_entropy(flat, tf, weight=weight_t, reduction=reduction,
+                                             label_smoothing=label_smoothing)
+    if z_loss:
+        valid = tf != -100
+        zt = z_loss * torch.logsumexp(flat, -1) ** 2 * valid
+        loss = loss + {"mean": zt.sum() / valid.sum(), "sum": zt.sum(), "none": zt}[reduction]
+    if reduction == "none":
+        loss = loss.reshape(tt.shape)
+    loss.backward(torch.as_tensor(grad_output, dtype=torch.float64).expand_as(loss))
+    grads = (h.grad.numpy(), w.grad.numpy(), None if bt is None else bt.grad.numpy())
+    return loss.detach().numpy(), grads
+
+
+def close(actual, expected, rtol):
+    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
+    assert actual.shape == expected.shape
+    scale = max(float(np.max(np.abs(expected), initial=0.0)), 1e-300)
+    err = float(np.max(np.abs(actual - expected), initial=0.0)) / scale
+    assert err <= rtol, f"relative error {err:.3g} > {rtol:.3g}"
+
+
+def options(name, cw):
+    o = dict(OPTION_SETS[name])
+    if o.get("ce_weight"):
+        o["ce_weight"] = cw
+    return o
+
+
+# --- NumPy ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype,rtol", [(np.float64, 1e-12), (np.float32, RTOL32)])
+@pytest.mark.parametrize("name", OPTION_SETS)
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_numpy_matches_autograd(rng, name, reduction, dtype, rtol):
+    hidden, weight, b, t, cw = problem(rng)
+    o = options(name, cw)
+    go = rng.uniform(0.5, 2.0, t.shape) if reduction == "none" else 0.75
+    ref, ref_grads = reference(hidden, weight, b, t, cw, reduction=reduction, grad_output=go,
+                               **{**o, "ce_weight": "ce_weight" in o})
+    args = (hidden.astype(dtype), weight.astype(dtype), t, b.astype(dtype))
+    for chunk in (1, 4, None):  # 23 rows: chunks that do not divide them, and one chunk
+        loss = fx.linear_cross_entropy(*args, reduction=reduction, chunk_size=chunk, **o)
+        close(loss, ref, rtol)
+        loss, grads = fx.linear_cross_entropy_with_grad(*args, reduction=reduction,
+                                                        chunk_size=chunk, grad_output=go, **o)
+        close(loss, ref, rtol)
+        for g, r in zip(grads, ref_grads):
+            assert g.dtype == dtype
+            close(g, r, rtol)
+
+
+def test_leading_dimensions_and_no_bias(rng):
+    hidden, weight, _, t, _ = problem(rng, lead=(3, 5, 4), bias=False)
+    ref, (rh, rw, _) = reference(hidden, weight, None, t, None)
+    loss, (gh, gw, gb) = fx.linear_cross_entropy_with_grad(hidden, weight, t, chunk_size=7)
+    assert gb is None and gh.shape == hidden.shape
+    close(loss, ref, 1e-12)
+    close(gh, rh, 1e-12)
+    close(gw, rw, 1e-12)
+    losses = fx.linear_cross_entropy(hidden, weight, t, reduction="none", chunk_size=7)
+    assert losses.shape == t.shape
+
+
+def test_equals_the_unfused_functions(rng):
+    hidden, weight, b, t, _ = problem(rng, lead=(40,), h=16, v=300)
+    h32, w32, b32 = (a.astype(np.float32) for a in (hidden, weight, b))
+    logits = h32 @ w32.T + b32
+    loss, g = fx.cross_entropy_with_grad(logits, t, label_smoothing=0.1)
+    fused, (gh, gw, gb) = fx.linear_cross_entropy_with_grad(h32, w32, t, b32, chunk_size=16,
+                                                            label_smoothing=0.1)
+    assert fused == pytest.approx(loss, rel=1e-6)
+    np.testing.assert_allclose(gh, g @ w32, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(gw, g.T @ h32, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(gb, g.sum(axis=0), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("reduction,expected", [("mean", np.nan), ("sum", 0.0)])
+def test_every_row_ignored(rng, reduction, expected):
+    hidden, weight, b, _, _ = problem(rng)
+    t = np.full(23, -100)
+    loss, grads = fx.linear_cross_entropy_with_grad(hidden, weight, t, b, reduction=reduction)
+    np.testing.assert_equal(loss, expected)
+    for g in grads:
+        assert not g.any()
+
+
+def test_ignored_chunks_cost_no_product(rng, monkeypatch):
+    """Only the rows of non-ignored targets reach the matrix product."""
+    hidden, weight, b, t, _ = problem(rng, lead=(30,))
+    t[:20] = -100
+    t[20:] = 1
+    seen = []
+    logits = _linear._NumpyOps.logits
+
+    def counting(hc, w, bias, out):
+        seen.append(hc.shape[0])
+        logits(hc, w, bias, out)
+
+    monkeypatch.setattr(_linear._NumpyOps, "logits", staticmethod(counting))
+    fx.linear_cross_entropy_with_grad(hidden, weight, t, b, chunk_size=4)
+    assert sum(seen) == 10
+
+
+def test_without_scipy_blas(rng, monkeypatch):
+    """The weight gradient's accumulation by blocks of classes, when scipy is missing."""
+    hidden, weight, b, t, _ = problem(rng, v=50)
+    expected = fx.linear_cross_entropy_with_grad(hidden, weight, t, b, chunk_size=5)
+    monkeypatch.setattr(_linear, "_sgemm_into", lambda c, a_t, b: None)
+    monkeypatch.setattr(_linear._NumpyOps, "BLOCK", 16)
+    loss, grads = fx.linear_cross_entropy_with_grad(hidden, weight, t, b, chunk_size=5)
+    assert loss == pytest.approx(expected[0], rel=1e-14)
+    for g, e in zip(grads, expected[1]):
+        np.testing.assert_allclose(g, e, rtol=1e-13, atol=1e-15)
+
+
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(1, 40), h=st.integers(1, 24), v=st.integers(1, 70),
+       chunk=st.one_of(st.none(), st.integers(1, 50)), seed=st.integers(0, 2**32 - 1))
+def test_random_sizes(n, h, v, chunk, seed):
+    rng = np.random.default_rng(seed)
+    hidden, weight, b, t, _ = problem(rng, lead=(n,), h=h, v=v, ignored=0.3)
+    ref, ref_grads = reference(hidden, weight, b, t, None, reduction="sum")
+    f32 = [a.astype(np.float32) for a in (hidden, weight, b)]
+    loss, grads = fx.linear_cross_entropy_with_grad(f32[0], f32[1], t, f32[2], reduction="sum",
+                                                    chunk_size=chunk)
+    close(loss, ref, RTOL32)
+    for g, r in zip(grads, ref_grads):
+        close(g, r, RTOL32)
+
+
+def test_peak_memory_is_one_chunk():
+    """The N×V logits are never allocated: the peak traced allocation stays below the results
+    plus a quarter of the logits (the chunk is an eighth of them here)."""
+    rng = np.random.default_rng(0)
+    n, h, v = 512, 64, 16384
+    hidden = rng.standard_normal((n, h), dtype=np.float32)
+    weight = rng.standard_normal((v, h), dtype=np.float32)
+    t = rng.integers(0, v, n)
+    logits_bytes = n * v * 4
+    results = (n * h + v * h) * 4
+    fx.linear_cross_entropy_with_grad(hidden, weight, t, chunk_size=64)  # compile outside
+    tracemalloc.start()
+    try:
+        fx.linear_cross_entropy_with_grad(hidden, weight, t, chunk_size=64)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < results + logits_bytes / 4, (peak, results, logits_bytes)
+    tracemalloc.start()
+    try:  # the test would see N×V logits: the unfused path goes past the bound
+        x = hidden @ weight.T
+        fx.cross_entropy_with_grad(x, t, inplace=True)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak >= logits_bytes
+
+
+def test_default_chunk_from_budget():
+    assert _linear.chunk_rows(None, 131072, 4, "cpu") == 64
+    assert _linear.chunk_rows(None, 131072, 2, "cuda") == 256
+    assert _linear.chunk_rows(None, 10**9, 4, "cpu") == 1
+    assert _linear.chunk_rows(7, 131072, 4, "cpu") == 7
+
+
+@pytest.mark.parametrize("call,error,match", [
+    (lambda h, w, t: fx.linear_cross_entropy(h, w[:, :-1], t), ValueError, "last axis must be H"),
+    (lambda h, w, t: fx.linear_cross_entropy(h, w[0], t), ValueError, "must be 2-D"),
+    (lambda h, w, t: fx.linear_cross_entropy(h, w, t, np.zeros(3)), ValueError, "bias has shape"),
+    (lambda h, w, t: fx.linear_cross_entropy(h.astype(np.float16), w.astype(np.float16), t),
+     TypeError, "float32 or float64"),
+    (lambda h, w, t: fx.linear_cross_entropy(h.astype(np.int64), w, t), TypeError, "float32"),
+    (lambda h, w, t: fx.linear_cross_entropy(h.astype(np.float32), w, t), TypeError, "one dtype"),
+    (lambda h, w, t: fx.linear_cross_entropy(h, w, t.astype(float)), TypeError, "class indices"),
+    (lambda h, w, t: fx.linear_cross_entropy(h, w, t[:-1]), ValueError, "targets has shape"),
+    (lambda h, w, t: fx.linear_cross_entropy(h, w, t + 100), IndexError, "out of range"),
+    (lambda h, w, t: fx.linear_cross_entropy(h, w, t, chunk_size=0), ValueError, "chunk_size"),
+    (lambda h, w, t: fx.linear_cross_entropy(h, w, t, label_smoothing=2), ValueError,
+     "label_smoothing"),
+    (lambda h, w, t: fx.linear_cross_entropy(h, w, t, reduction="avg"), ValueError, "reduction"),
+])
+def test_bad_input(rng, call, error, match):
+    hidden, weight, _, t, _ = problem(rng, ignored=0.0)
+    with pytest.raises(error, match=match):
+        call(hidden, weight, t)
+
+
+def test_inputs_are_not_modified(rng):
+    hidden, weight, b, t, _ = problem(rng)
+    copies = [a.copy() for a in (hidden, weight, b, t)]
+    fx.linear_cross_entropy_with_grad(hidden, weight, t, b, chunk_size=3)
+    for a, c in zip((hidden, weight, b, t), copies):
+        np.testing.assert_array_equal(a, c)
+
+
+# --- PyTorch -------------------------------------------------------------------------------------
+
+
+def torch_run(hidden, weight, b, t, dtype, device="cpu", grad_output=None, **o):
+    as_t = lambda a: torch.tensor(a, dtype=dtype, device=device, requires_grad=True)  # noqa: E731
+    h, w, bt = as_t(hidden), as_t(weight), (None if b is None else as_t(b))
+    if "ce_weight" in o:
+        o["ce_weight"] = torch.tensor(o["ce_weight"], dtype=torch.float32, device=device)
+    loss = fxt.linear_cross_entropy(h, w, torch.tensor(t, device=device), bt, **o)
+    go = torch.ones_like(loss) if grad_output is None else torch.as_tensor(
+        grad_output, dtype=dtype, device=device).expand_as(loss)
+    loss.backward(go)
+    return loss, (h.grad, w.grad, None if bt is None else bt.grad)
+
+
+@pytest.mark.parametrize("dtype,rtol", [(torch.float64, 1e-12), (torch.float32, RTOL32)])
+@pytest.mark.parametrize("name", ["plain", "everything"])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_torch_matches_autograd(rng, name, reduction, dtype, rtol):
+    hidden, weight, b, t, cw = problem(rng)
+    o = options(name, cw)
+    if "ce_weight" in o:  # fxt takes the class weights as float32 here
+        o["ce_weight"] = cw.astype(np.float32)
+        cw = o["ce_weight"].astype(np.float64)
+    go = rng.uniform(0.5, 2.0, t.shape) if reduction == "none" else 0.75
+    ref, ref_grads = reference(hidden, weight, b, t, cw, reduction=reduction, grad_output=go,
+                               **{**o, "ce_weight": "ce_weight" in o})
+    loss, grads = torch_run(hidden, weight, b, t, dtype, grad_output=go, reduction=reduction,
+                            chunk_size=5, **o)
+    assert loss.dtype == dtype
+    close(loss.detach().numpy(), ref, rtol)
+    for g, r in zip(grads, ref_grads):
+        assert g.dtype == dtype
+        close(g.numpy(), r, rtol)
+
+
+def test_torch_bfloat16(rng):
+    """bfloat16: within the rounding of the bfloat16 products, against float64 autograd of the
+    bfloat16-rounded inputs."""
+    hidden, weight, b, t, _ = problem(rng, lead=(64,), h=32, v=300)
+    rounded = [torch.tensor(a).to(torch.bfloat16).double().numpy() for a in (hidden, weight, b)]
+    ref, ref_grads = reference(*rounded, t, None)
+    loss, grads = torch_run(*rounded, t, torch.bfloat16, chunk_size=16)
+    assert loss.dtype == torch.bfloat16
+    close(loss.detach().float().numpy(), ref, 2e-2)
+    for g, r in zip(grads, ref_grads):
+        close(g.float().numpy(), r, 3e-2)
+
+
+def test_torch_no_grad_and_module(rng):
+    hidden, weight, b, t, _ = problem(rng)
+    ref, _ = reference(hidden, weight, b, t, None)
+    criterion = fxt.LinearCrossEntropyLoss(chunk_size=4)
+    with torch.no_grad():
+        loss = criterion(torch.tensor(hidden), torch.tensor(weight), torch.tensor(t),
+                         torch.tensor(b))
+    close(loss.numpy(), ref, 1e-12)
+    assert "chunk_size=4" in repr(criterion)
+
+
+def test_training_matches_unfused():
+    """A small language-model head trained for a few steps: the fused loss curve is the
+    unfused one."""
+    def train(fused):
+        torch.manual_seed(0)
+        emb = torch.nn.Embedding(50, 16)
+        head = torch.nn.Linear(16, 50)
+        opt = torch.optim.Adam([*emb.parameters(), *head.parameters()], lr=0.05)
+        # sequences counting up modulo 50: the next token is learnable from the current one
+        start = torch.randint(0, 50, (8, 1), generator=torch.Generator().manual_seed(1))
+        data = (start + torch.arange(33)) % 50
+        curve = []
+        for _ in range(40):
+            h = torch.tanh(emb(data[:, :-1]))
+            if fused:
+                loss = fxt.linear_cross_entropy(h, head.weight, data[:, 1:], head.bias,
+                                                chunk_size=24)
+            else:
+                loss = torch.nn.functional.cross_entropy(head(h).reshape(-1, 50),
+                                                         data[:, 1:].reshape(-1))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            curve.append(loss.item())
+        return np.array(curve)
+
+    fused, unfused = train(True), train(False)
+    assert unfused[-1] < 0.5 * unfused[0]  # it learns
+    np.testing.assert_allclose(fused, unfused, rtol=1e-4)
+
+
+def test_torch_bad_input(rng):
+    hidden, weight, b, t, _ = problem(rng, ignored=0.0)
+    h, w, tt = torch.tensor(hidden), torch.tensor(weight), torch.tensor(t)
+    with pytest.raises(ValueError, match="last axis must be H"):
+        fxt.linear_cross_entropy(h, w[:, :-1], tt)
+    with pytest.raises(TypeError, match="one dtype"):
+        fxt.linear_cross_entropy(h.float(), w, tt)
+    with pytest.raises(TypeError, match="floating dtype"):
+        fxt.linear_cross_entropy(h.long(), w.long(), tt)
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        fxt.linear_cross_entropy(hidden, w, tt)
+    with pytest.raises(ValueError, match="reduction"):
+        fxt.linear_cross_entropy(h, w, tt, reduction="avg")
+
+
+@needs_gpu
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_torch_cuda(rng, reduction):
+    hidden, weight, b, t, cw = problem(rng, lead=(70,), h=24, v=500)
+    o = {"ce_weight": cw.astype(np.float32), "label_smoothing": 0.1, "z_loss": 1e-3}
+    cw = o["ce_weight"].astype(np.float64)
+    go = rng.uniform(0.5, 2.0, t.shape) if reduction == "none" else 1.0
+    ref, ref_grads = reference(hidden, weight, b, t, cw, reduction=reduction, grad_output=go,
+                               **{**o, "ce_weight": True})
+    loss, grads = torch_run(hidden, weight, b, t, torch.float32, device="cuda", grad_output=go,
+                            reduction=reduction, chunk_size=16, **o)
+    close(loss.detach().cpu().numpy(), ref, 1e-5)
+    for g, r in zip(grads, ref_grads):
+        assert g.is_cuda
+        close(g.cpu().numpy(), r, 1e-5)
