@@ -367,3 +367,15 @@ def test_torch_cuda(rng, reduction):
     for g, r in zip(grads, ref_grads):
         assert g.is_cuda
         close(g.cpu().numpy(), r, 1e-5)
+
+
+def test_bench_linear_runs():
+    """``fastxent bench --linear`` at a tiny shape: every contender timed, a table printed."""
+    from fastxent.bench import linear
+
+    results = linear.run(rows=8, hidden=16, vocab=100, repeat=1)
+    assert set(results) == {"fastxent", "fastxent (128 rows)", "numpy + fastxent",
+                            "fastxent.torch", "torch"}
+    assert all(seconds > 0 for seconds, _ in results.values())
+    table = linear.format_table(results, rows=8, hidden=16, vocab=100)
+    assert "| fastxent.torch |" in table and "×" in table

@@ -1,0 +1,127 @@
+"""``fastxent bench --linear``: the fused linear cross-entropy against the unfused path.
+
+One workload, forward + backward of the mean cross-entropy of ``hidden @ weight.T`` (float32,
+N×H hidden states, a V×H weight), four ways:
+
+``fastxent``, ``fastxent (128 rows)``
+    :func:`fastxent.linear_cross_entropy_with_grad` (NumPy products, fastxent's kernel per chunk),
+    with its default chunks and with ``chunk_size=128``;
+``numpy + fastxent``
+    NumPy's product for the N×V logits, :func:`fastxent.cross_entropy_with_grad` in place, and
+    NumPy's products for the gradients: the unfused path of the NumPy function;
+``fastxent.torch``
+    :func:`fastxent.torch.linear_cross_entropy` and ``.backward()`` (PyTorch's products);
+``torch``
+    ``F.cross_entropy(hidden @ weight.T, target).backward()``: the unfused path of PyTorch.
+
+Each is timed as the median of ``repeat`` calls after one warm-up call, and its peak extra memory
+is measured in the same process: the growth of the peak RSS during one call beyond the memory
+before it, less the gradients it returns (what every path must allocate).
+"""
+
+import gc
+import time
+
+import numpy as np
+
+from .._memory import _status_kib, peak_rss_bytes, reset_peak_rss
+from .report import _size as format_bytes
+
+DEFAULT_SHAPE = dict(rows=512, hidden=1024, vocab=131072)
+
+
+def _contenders(h, w, t):
+    import fastxent as fx
+
+    def fused():
+        return fx.linear_cross_entropy_with_grad(h, w, t)
+
+    def unfused():
+        loss, g = fx.cross_entropy_with_grad(h @ w.T, t, inplace=True)
+        return loss, (g @ w, g.T @ h)
+
+    def fused_128():
+        return fx.linear_cross_entropy_with_grad(h, w, t, chunk_size=128)
+
+    found = {"fastxent": fused, "fastxent (128 rows)": fused_128, "numpy + fastxent": unfused}
+    try:
+        import torch
+
+        import fastxent.torch as fxt
+    except ImportError:
+        return found
+    th = torch.from_numpy(h).requires_grad_()
+    tw = torch.from_numpy(w).requires_grad_()
+    tt = torch.from_numpy(t)
+
+    def backward(loss_fn):
+        def call():
+            loss = loss_fn()
+            loss.backward()
+            grads = (th.grad, tw.grad)
+            th.grad = tw.grad = None  # the next call starts from no gradient, as the first
+            return loss.item(), grads
+        return call
+
+    found["fastxent.torch"] = backward(lambda: fxt.linear_cross_entropy(th, tw, tt))
+    found["torch"] = backward(lambda: torch.nn.functional.cross_entropy(th @ tw.T, tt))
+    return found
+
+
+def _extra_memory(call, results_bytes):
+    gc.collect()
+    before = (_status_kib("VmRSS") or 0) * 1024
+    if not reset_peak_rss():
+        return None
+    result = call()
+    extra = peak_rss_bytes() - before - results_bytes
+    del result
+    return max(extra, 0)
+
+
+def run(rows, hidden, vocab, repeat=5, seed=0):
+    """{contender: (median seconds, peak extra bytes or None)} at one shape."""
+    rng = np.random.default_rng(seed)
+    h = rng.standard_normal((rows, hidden), dtype=np.float32)
+    w = rng.standard_normal((vocab, hidden), dtype=np.float32) * np.float32(hidden ** -0.5)
+    t = rng.integers(0, vocab, rows)
+    results_bytes = (rows * hidden + vocab * hidden) * 4
+    out = {}
+    for name, call in _contenders(h, w, t).items():
+        call()  # warm-up: compilation, first touch of the pages
+        memory = _extra_memory(call, results_bytes)
+        times = []
+        for _ in range(repeat):
+            start = time.perf_counter()
+            call()
+            times.append(time.perf_counter() - start)
+        out[name] = (float(np.median(times)), memory)
+    return out
+
+
+def format_table(results, rows, hidden, vocab):
+    lines = [f"linear cross-entropy, forward + backward: N={rows} H={hidden} V={vocab} float32",
+             "", "| contender | time (median) | vs. its unfused path | peak extra memory |",
+             "|---|---:|---:|---:|"]
+    base = {"fastxent": "numpy + fastxent", "fastxent (128 rows)": "numpy + fastxent",
+            "fastxent.torch": "torch"}
+    for name, (seconds, memory) in results.items():
+        ref = results.get(base.get(name))
+        ratio = f"{seconds / ref[0]:.2f}×" if ref else ""
+        mem = "n/a" if memory is None else format_bytes(memory)
+        lines.append(f"| {name} | {seconds * 1e3:.0f} ms | {ratio} | {mem} |")
+    return "\n".join(lines)
+
+
+def run_from_args(args):
+    shape = dict(DEFAULT_SHAPE)
+    if args.rows:
+        shape["rows"] = args.rows[0]
+    if args.vocab:
+        shape["vocab"] = args.vocab[0]
+    if args.hidden:
+        shape["hidden"] = args.hidden
+    results = run(shape["rows"], shape["hidden"], shape["vocab"], repeat=args.repeat,
+                  seed=args.seed)
+    print(format_table(results, **shape))
+    return 0
