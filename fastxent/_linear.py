@@ -23,10 +23,12 @@ import numpy as np
 
 from . import _api, _checks, _dtypes
 
-#: bytes of logits per chunk when ``chunk_size`` is not given: on the CPU a chunk of 32 MiB keeps
-#: the extra memory under a tenth of the unfused path's for N >= 320 rows (the unfused path holds
-#: N×V logits and their N×V gradient); on a GPU a larger chunk keeps the products efficient
-BUDGET = {"cpu": 32 << 20, "cuda": 64 << 20}
+#: bytes of logits per chunk when ``chunk_size`` is not given. Each chunk streams the weight
+#: through three products, and BLAS loses efficiency with few rows: on a 2-core CPU with
+#: OpenBLAS, N=512, H=1024, V=131072 float32 took 1.58× the unfused time in chunks of 64 rows
+#: (32 MiB) and 1.24–1.29× in chunks of 128 (64 MiB). 64 MiB is 128 such rows on the CPU, and
+#: on a GPU 256 rows of a 131072-class bfloat16 vocabulary.
+BUDGET = {"cpu": 64 << 20, "cuda": 64 << 20}
 
 
 def chunk_rows(chunk_size, n_classes, itemsize, where):
@@ -280,7 +282,8 @@ def linear_cross_entropy(hidden, weight, targets, bias=None, *, reduction="mean"
         Per-class weights: the ``weight`` of :func:`cross_entropy` (renamed here, where
         ``weight`` is the layer's).
     chunk_size : int, optional
-        Rows of logits per chunk. By default as many as fit in 32 MiB.
+        Rows of logits per chunk. By default as many as fit in 64 MiB (128 rows of 131072
+        float32 classes). Fewer rows take less memory and more time: see docs/linear.md.
     backend : {"auto", "cpu", "numpy"}
         The backend of the cross-entropy kernel (see :func:`cross_entropy`).
 

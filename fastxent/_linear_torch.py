@@ -168,7 +168,7 @@ def linear_cross_entropy(hidden, weight, target, bias=None, *, reduction="mean",
     z_loss, softcap
         As :func:`fastxent.torch.cross_entropy`.
     chunk_size : int, optional
-        Rows of logits per chunk; by default as many as fit in 32 MiB on the CPU, 64 MiB on a GPU.
+        Rows of logits per chunk; by default as many as fit in 64 MiB.
 
     Returns
     -------

@@ -210,7 +210,7 @@ def test_peak_memory_is_one_chunk():
 
 
 def test_default_chunk_from_budget():
-    assert _linear.chunk_rows(None, 131072, 4, "cpu") == 64
+    assert _linear.chunk_rows(None, 131072, 4, "cpu") == 128
     assert _linear.chunk_rows(None, 131072, 2, "cuda") == 256
     assert _linear.chunk_rows(None, 10**9, 4, "cpu") == 1
     assert _linear.chunk_rows(7, 131072, 4, "cpu") == 7
@@ -374,7 +374,7 @@ def test_bench_linear_runs():
     from fastxent.bench import linear
 
     results = linear.run(rows=8, hidden=16, vocab=100, repeat=1)
-    assert set(results) == {"fastxent", "fastxent (128 rows)", "numpy + fastxent",
+    assert set(results) == {"fastxent", "fastxent (64 rows)", "numpy + fastxent",
                             "fastxent.torch", "torch"}
     assert all(seconds > 0 for seconds, _ in results.values())
     table = linear.format_table(results, rows=8, hidden=16, vocab=100)

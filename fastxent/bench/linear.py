@@ -3,9 +3,9 @@
 One workload, forward + backward of the mean cross-entropy of ``hidden @ weight.T`` (float32,
 N×H hidden states, a V×H weight), four ways:
 
-``fastxent``, ``fastxent (128 rows)``
+``fastxent``, ``fastxent (64 rows)``
     :func:`fastxent.linear_cross_entropy_with_grad` (NumPy products, fastxent's kernel per chunk),
-    with its default chunks and with ``chunk_size=128``;
+    with its default chunks and with ``chunk_size=64``;
 ``numpy + fastxent``
     NumPy's product for the N×V logits, :func:`fastxent.cross_entropy_with_grad` in place, and
     NumPy's products for the gradients: the unfused path of the NumPy function;
@@ -40,10 +40,10 @@ def _contenders(h, w, t):
         loss, g = fx.cross_entropy_with_grad(h @ w.T, t, inplace=True)
         return loss, (g @ w, g.T @ h)
 
-    def fused_128():
-        return fx.linear_cross_entropy_with_grad(h, w, t, chunk_size=128)
+    def fused_64():
+        return fx.linear_cross_entropy_with_grad(h, w, t, chunk_size=64)
 
-    found = {"fastxent": fused, "fastxent (128 rows)": fused_128, "numpy + fastxent": unfused}
+    found = {"fastxent": fused, "fastxent (64 rows)": fused_64, "numpy + fastxent": unfused}
     try:
         import torch
 
@@ -103,7 +103,7 @@ def format_table(results, rows, hidden, vocab):
     lines = [f"linear cross-entropy, forward + backward: N={rows} H={hidden} V={vocab} float32",
              "", "| contender | time (median) | vs. its unfused path | peak extra memory |",
              "|---|---:|---:|---:|"]
-    base = {"fastxent": "numpy + fastxent", "fastxent (128 rows)": "numpy + fastxent",
+    base = {"fastxent": "numpy + fastxent", "fastxent (64 rows)": "numpy + fastxent",
             "fastxent.torch": "torch"}
     for name, (seconds, memory) in results.items():
         ref = results.get(base.get(name))
