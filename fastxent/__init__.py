@@ -8,8 +8,9 @@ from ._api import cross_entropy, cross_entropy_with_grad, logsumexp
 from ._evaluator import EvalResult, Evaluator, SequenceResult
 from ._family import (binary_cross_entropy, binary_cross_entropy_with_grad,
                       binary_cross_entropy_with_logits,
-                      binary_cross_entropy_with_logits_with_grad, cross_entropy_from_probs, entropy,
-                      kl_divergence)
+                      binary_cross_entropy_with_logits_with_grad, cross_entropy_from_probs,
+                      cross_entropy_from_probs_with_grad, entropy, entropy_with_grad,
+                      kl_divergence, kl_divergence_with_grad)
 from ._linear import linear_cross_entropy, linear_cross_entropy_with_grad
 from ._tokens import TokenStats, token_stats
 from ._threading import ensure_threading_layer as _ensure_threading_layer
@@ -25,5 +26,6 @@ __all__ = ["cross_entropy", "cross_entropy_with_grad", "logsumexp", "token_stats
            "Evaluator", "EvalResult", "SequenceResult", "binary_cross_entropy",
            "binary_cross_entropy_with_grad",
            "binary_cross_entropy_with_logits", "binary_cross_entropy_with_logits_with_grad",
-           "cross_entropy_from_probs", "entropy", "kl_divergence", "linear_cross_entropy",
+           "cross_entropy_from_probs", "cross_entropy_from_probs_with_grad", "entropy",
+           "entropy_with_grad", "kl_divergence", "kl_divergence_with_grad", "linear_cross_entropy",
            "linear_cross_entropy_with_grad", "__version__"]

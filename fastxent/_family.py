@@ -353,54 +353,122 @@ def cross_entropy_from_probs(probs, targets, *, weight=None, sample_weight=None,
     >>> round(fx.cross_entropy_from_probs(p, np.array([[0, 1, 0], [0, 0, 1]])), 4)  # one-hot
     0.6365
     """
+    return _from_probs(probs, targets, weight, sample_weight, ignore_index, reduction, eps,
+                       backend, None)[0]
+
+
+def cross_entropy_from_probs_with_grad(probs, targets, *, weight=None, sample_weight=None,
+                                       ignore_index=-100, reduction="mean", eps=None,
+                                       backend="auto", grad_output=1.0):
+    """:func:`cross_entropy_from_probs` and its gradient with respect to ``probs``.
+
+    The gradient of ``-q·log p`` is ``-q/p`` times the weights, and 0 where the log does not move
+    with p: where ``eps`` clips p to [eps, 1 - eps], or where the log is clamped at -100. Takes
+    every argument of :func:`cross_entropy_from_probs`, plus ``grad_output`` (as
+    :func:`cross_entropy_with_grad`).
+
+    Returns
+    -------
+    loss : float or ndarray
+        As :func:`cross_entropy_from_probs`.
+    grad : ndarray
+        The gradient, the probabilities' shape and dtype.
+
+    Examples
+    --------
+    >>> import numpy as np, fastxent as fx
+    >>> p = np.array([[0.4, 0.4, 0.2], [0.1, 0.2, 0.7]])
+    >>> loss, g = fx.cross_entropy_from_probs_with_grad(p, np.array([1, 2]), reduction="sum")
+    >>> g.round(4)     # -1/p at each target
+    array([[ 0.    , -2.5   ,  0.    ],
+           [ 0.    ,  0.    , -1.4286]])
+    """
+    return _from_probs(probs, targets, weight, sample_weight, ignore_index, reduction, eps,
+                       backend, grad_output)
+
+
+def _from_probs(probs, targets, weight, sample_weight, ignore_index, reduction, eps, backend,
+                grad_output):
+    """(loss, gradient or None) of cross_entropy_from_probs; the gradient when ``grad_output``
+    is not None."""
     a = _checks.logits_array(probs, name="probs")
     red = _checks.reduction(reduction)
     ignore = _checks.ignore_index(ignore_index)
     v = a.shape[-1]
+    lead = a.shape[:-1]
     w = _checks.weight(weight, v)
     clip = _eps(eps, a.dtype)
-    s = None
+    sw = np.ones(int(np.prod(lead)))
     if sample_weight is not None:
         s = np.asarray(sample_weight, dtype=np.float64)
-        if s.shape != a.shape[:-1]:
+        if s.shape != lead:
             raise ValueError(f"sample_weight has shape {s.shape}: expected one weight per row, "
-                             f"{a.shape[:-1]}")
+                             f"{lead}")
+        sw = s.reshape(-1)
+    go = None if grad_output is None else _checks.grad_output(grad_output, red, lead)
     t = _arrays_host(targets)
+    grad = None
     if _dtypes.is_float(t.dtype) or t.shape == a.shape:
         q = _values(t, a.shape, "targets", a.dtype)
         be = _host_only("cross_entropy_from_probs", backend, probs)
+        denom_w = np.ones_like(sw)
+        scale = None
+        if go is not None:
+            grad = np.empty(a.shape, a.dtype)
+            scale = (_row_scale(go, red, sw, float(np.sum(sw)), lead), None)
         weights = (None if w is None else w.astype(compute_dtype(a.dtype)), None, None)
-        sums, bad = be.binary(CATEGORICAL, _rows(a), _rows(q), weights, None, clip)
+        rows, bad = be.binary(CATEGORICAL, _rows(a), _rows(q), weights, None, clip,
+                              grad=None if grad is None else _rows(grad),
+                              scale=scale or (None, None))
         if bad:
             _raise_out_of_range([("probs", a, False), ("targets", q, True)])
-        rows = sums
-        denom_w = np.ones_like(rows)
     else:
-        kind, ti = _checks.targets(t, a.shape, ignore)
+        _, ti = _checks.targets(t, a.shape, ignore)
         valid = ti >= 0
         flat = a.reshape(-1, v)
-        pt = _dtypes.decode(flat[np.arange(flat.shape[0])[valid], ti[valid]])
+        at = (np.arange(flat.shape[0])[valid], ti[valid])
+        pt = _dtypes.decode(flat[at])
         if ((pt < 0) | (pt > 1)).any():
             raise ValueError(f"probs must be in [0, 1], got {pt[(pt < 0) | (pt > 1)][0]} at a "
                              "target")
         with np.errstate(divide="ignore"):
             if clip > 0:
                 logp = np.log(np.clip(pt, clip, 1.0 - clip))
+                moves = (pt > clip) & (pt < 1.0 - clip)
             else:
-                logp = np.maximum(np.log(pt), -100.0)
+                logp = np.log(pt)
+                moves = logp > -100.0
+                logp = np.maximum(logp, -100.0)
         cw = np.ones(valid.sum()) if w is None else w[ti[valid]]
         rows = np.zeros(flat.shape[0])
         rows[valid] = -cw * logp
         denom_w = np.zeros(flat.shape[0])
         denom_w[valid] = cw
-    sw = np.ones_like(rows) if s is None else s.reshape(-1)
+        if go is not None:
+            rs = _row_scale(go, red, sw, float(np.sum(sw * denom_w)), lead)
+            g = np.zeros(flat.shape)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                g[at] = np.where(moves, -cw * rs[valid] / pt, 0.0)
+            grad = np.empty(a.shape, a.dtype)
+            _dtypes.encode_into(_rows(grad), g)
     losses = rows * sw
     if red == "none":
-        return losses.astype(compute_dtype(a.dtype)).reshape(a.shape[:-1])
-    if red == "sum":
-        return float(np.sum(losses))
-    denom = float(np.sum(sw * denom_w))
-    return float(np.sum(losses)) / denom if denom else float("nan")
+        loss = losses.astype(compute_dtype(a.dtype)).reshape(lead)
+    elif red == "sum":
+        loss = float(np.sum(losses))
+    else:
+        denom = float(np.sum(sw * denom_w))
+        loss = float(np.sum(losses)) / denom if denom else float("nan")
+    return loss, grad
+
+
+def _row_scale(go, red, sw, denom, lead):
+    """Each row's factor of the gradient: the upstream gradient (over the mean's denominator)
+    times the row's sample weight."""
+    if red == "none":
+        return np.broadcast_to(go, lead).reshape(-1) * sw
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return (go / denom if red == "mean" else go) * sw
 
 
 def _kind(kind):
@@ -483,3 +551,85 @@ def kl_divergence(p, q, *, kind="logits", reduction="none", eps=None, backend="a
     return total if red == "sum" else (total / kl.size if kl.size else float("nan"))
 
 
+
+
+def _softmax_grads(x, y, value, grad_output, red, backend, name):
+    """Gradients of ``grad_output·value`` (the per-row entropy of softmax(x), or KL(softmax(x) ||
+    softmax(y))) with respect to x (and y): one log-sum-exp pass per array, then one pass that
+    writes the gradients."""
+    a = _checks.logits_array(x, name="x" if y is None else "p")
+    lead = a.shape[:-1]
+    go = _checks.grad_output(grad_output, red, lead)
+    n = int(np.prod(lead))
+    if red == "none":
+        go = np.broadcast_to(go, lead).reshape(-1)
+    else:
+        go = np.full(n, go / n if red == "mean" else go)
+    be = _host_only(name, backend, x)
+    xs = _rows(a)
+    gx = np.empty(a.shape, a.dtype)
+    gy = None if y is None else np.empty(a.shape, a.dtype)
+    ys = None if y is None else _rows(_checks.logits_array(y, name="q"))
+    be.softmax_grads(xs, ys, be.logsumexp(xs), None if ys is None else be.logsumexp(ys),
+                     np.asarray(value, dtype=np.float64).reshape(-1),
+                     np.ascontiguousarray(go, dtype=np.float64), _rows(gx),
+                     None if gy is None else _rows(gy))
+    return gx, gy
+
+
+def _logits_only(kind, name):
+    if _kind(kind) != "logits":
+        raise ValueError(f"{name} has its gradient for kind='logits' only, got kind={kind!r}")
+
+
+def entropy_with_grad(x, *, kind="logits", grad_output=1.0, backend="auto"):
+    """:func:`entropy` of ``softmax(x)`` and its gradient, ``-p·(log p + H)`` per row times
+    ``grad_output`` (broadcast to the rows). Logits only (``kind="logits"``).
+
+    Returns
+    -------
+    entropy : ndarray
+        As :func:`entropy`.
+    grad : ndarray
+        The gradient, ``x``'s shape and dtype.
+
+    Examples
+    --------
+    >>> import numpy as np, fastxent as fx
+    >>> h, g = fx.entropy_with_grad(np.log([[0.5, 0.25, 0.25]]))
+    >>> h.round(4), g.round(4)        # the likeliest class loses probability to raise H
+    (array([1.0397]), array([[-0.1733,  0.0866,  0.0866]]))
+    """
+    _logits_only(kind, "entropy_with_grad")
+    h = entropy(x, backend=backend)
+    return h, _softmax_grads(x, None, h, grad_output, "none", backend, "entropy_with_grad")[0]
+
+
+def kl_divergence_with_grad(p, q, *, kind="logits", reduction="none", grad_output=1.0,
+                            backend="auto"):
+    """:func:`kl_divergence` of two logit arrays and its gradients with respect to both:
+    ``P·(log P - log Q - KL)`` for ``p`` and ``Q - P`` for ``q``, per row, times
+    ``grad_output`` (over the row count for ``reduction="mean"``). Logits only.
+
+    Returns
+    -------
+    kl : float or ndarray
+        As :func:`kl_divergence`.
+    grads : tuple
+        ``(grad_p, grad_q)``, each the logits' shape and dtype.
+
+    Examples
+    --------
+    >>> import numpy as np, fastxent as fx
+    >>> kl, (gp, gq) = fx.kl_divergence_with_grad(np.log([[0.5, 0.5]]), np.log([[0.9, 0.1]]))
+    >>> gq.round(6)       # Q - P: a student pulled towards the teacher
+    array([[ 0.4, -0.4]])
+    """
+    _logits_only(kind, "kl_divergence_with_grad")
+    red = _checks.reduction(reduction)
+    kl = kl_divergence(p, q, reduction="none", backend=backend)
+    grads = _softmax_grads(p, q, kl, grad_output, red, backend, "kl_divergence_with_grad")
+    if red == "none":
+        return kl, grads
+    total = float(np.sum(kl, dtype=np.float64))
+    return (total if red == "sum" else (total / kl.size if kl.size else float("nan"))), grads

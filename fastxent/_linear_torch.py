@@ -12,11 +12,7 @@ import numpy as np
 import torch
 
 from . import _linear
-from ._arrays import torch_bfloat16_host
-
-
-def _host(t):
-    return torch_bfloat16_host(t) if t.dtype == torch.bfloat16 else t.numpy()
+from ._torch_support import _host
 
 
 class _TorchOps:

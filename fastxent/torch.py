@@ -24,20 +24,19 @@ overwritten logits after the call raises in the backward pass. A non-differentia
 ``argmax`` for accuracy) cannot be caught: take it before the call.
 """
 
-import numbers
 from typing import Optional, Tuple
 
-import numpy as np
 import torch
 
-from . import _api, _dtypes
+from . import _api
 from . import _family as _api_family
-from ._arrays import torch_bfloat16_host
+from ._family_torch import cross_entropy_from_probs, entropy, kl_divergence
 from ._linear_torch import LinearCrossEntropyLoss, linear_cross_entropy
+from ._torch_support import _arrays, _host, _keep_gradient, _no_double_backward, _scaled, _tensor
 
 __all__ = ["BCELoss", "BCEWithLogitsLoss", "CrossEntropyLoss", "LinearCrossEntropyLoss",
            "binary_cross_entropy", "binary_cross_entropy_with_logits", "cross_entropy",
-           "linear_cross_entropy"]
+           "cross_entropy_from_probs", "entropy", "kl_divergence", "linear_cross_entropy"]
 
 _REDUCTIONS = ("mean", "sum", "none")
 
@@ -49,30 +48,6 @@ def _legacy_reduction(size_average, reduce):
     if size_average and reduce:
         return "mean"
     return "sum" if reduce else "none"
-
-
-def _host(t):
-    """A zero-copy NumPy view of a CPU tensor (bfloat16 through ``ml_dtypes``)."""
-    if t.dtype == torch.bfloat16:
-        return torch_bfloat16_host(t)
-    return t.numpy()
-
-
-def _arrays(t):
-    """What fastxent's functions take for a tensor: itself on a GPU, a NumPy view on the CPU."""
-    return t if t.is_cuda else _host(t)
-
-
-def _tensor(a):
-    """fastxent's result as a tensor: itself from the GPU, a zero-copy view of a NumPy array, a
-    float64 0-d tensor for a Python float."""
-    if isinstance(a, torch.Tensor):
-        return a
-    if isinstance(a, numbers.Real):
-        return torch.tensor(a, dtype=torch.float64)
-    if _dtypes.name(a.dtype) == "bfloat16":
-        return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
-    return torch.from_numpy(a if a.flags.c_contiguous else a.copy())
 
 
 def _call(fn, logits, targets, weight, **options):
@@ -92,33 +67,6 @@ def _fused_call(logits, targets, weight, options, inplace):
     return loss, (None if inplace else grad)
 
 
-def _no_double_backward():
-    if torch.is_grad_enabled() and not torch.compiler.is_compiling():
-        # backward(create_graph=True), autograd.grad(create_graph=True)
-        raise RuntimeError("fastxent.torch.cross_entropy has no double backward: its gradient "
-                           "comes from a fused kernel, not from differentiable operations; call "
-                           "backward without create_graph=True, or use "
-                           "torch.nn.functional.cross_entropy where second derivatives are needed")
-
-
-def _scaled(grad, grad_loss, reduction, per_row=True):
-    """The saved gradient times the upstream one. Eagerly in place, and not at all when the
-    upstream gradient is 1 (what ``loss.backward()`` passes): one value read back, against a pass
-    over the gradient. When traced (``torch.compile``, or any tensor subclass such as the fake
-    tensors of tracing), a plain product that the compiler can fuse. ``per_row``: a loss per row
-    for reduction="none" (else one per element)."""
-    go = grad_loss.to(grad.dtype)
-    if reduction == "none" and per_row:
-        go = go.unsqueeze(-1)
-    traced = (torch.compiler.is_compiling() or type(grad) is not torch.Tensor
-              or type(grad_loss) is not torch.Tensor)
-    if traced:
-        return grad * go
-    if reduction == "none" or float(go) != 1.0:
-        grad.mul_(go)
-    return grad
-
-
 @torch.library.custom_op("fastxent::cross_entropy", mutates_args=())
 def _cross_entropy_op(logits: torch.Tensor, targets: torch.Tensor, weight: Optional[torch.Tensor],
                       reduction: str, ignore_index: int, label_smoothing: float, z_loss: float,
@@ -135,24 +83,6 @@ def _cross_entropy_fake(logits, targets, weight, reduction, ignore_index, label_
                         softcap):
     shape = logits.shape[:-1] if reduction == "none" else ()
     return logits.new_empty(shape), torch.empty_like(logits, memory_format=torch.contiguous_format)
-
-
-def _keep_gradient(op, reduction_at, n_args, per_row):
-    """Autograd for ``op``, an operator returning ``(loss, gradient of the loss)``: the gradient
-    is kept from the forward pass and scaled by the upstream one in the backward pass."""
-    def setup(ctx, inputs, output):
-        ctx.reduction = inputs[reduction_at]
-        ctx.save_for_backward(output[1])
-        # the gradient output is not differentiated through: no zeros of the logits' size for it
-        ctx.mark_non_differentiable(output[1])
-        ctx.set_materialize_grads(False)
-
-    def backward(ctx, grad_loss, _grad_of_grad):
-        _no_double_backward()
-        (grad,) = ctx.saved_tensors
-        return (_scaled(grad, grad_loss, ctx.reduction, per_row),) + (None,) * (n_args - 1)
-
-    op.register_autograd(backward, setup_context=setup)
 
 
 _keep_gradient(_cross_entropy_op, 3, 8, per_row=True)
@@ -469,4 +399,3 @@ class BCELoss(torch.nn.Module):
 
     def forward(self, input, target):
         return binary_cross_entropy(input, target, weight=self.weight, reduction=self.reduction)
-

@@ -22,6 +22,11 @@ A backend module provides
     vocabulary shard) or -2 (ignored); see ``reference.token_partials``. Partials of column
     chunks merge with ``fastxent._tokens.merge_partials``.
 
+``binary(kind, x, targets, ...)``, ``kl_logits(x, y)``, ``softmax_grads(x, y, lse_x, ...)``
+    (CPU and reference backends) the element-wise binary and categorical losses, the KL
+    divergence of two softmaxes, and the gradients of the entropy and of that divergence
+    (``reference`` has each one's contract).
+
 Every statistic and option is defined once, in float64 NumPy, by :mod:`.reference`. The public
 functions in ``fastxent._api`` turn these statistics into losses; kernels never see user arguments.
 

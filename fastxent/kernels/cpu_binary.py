@@ -100,17 +100,22 @@ def _prob_term(p, y, eps, one):
 
 @njit(inline="always", **_ELEMENT)
 def _categorical_term(p, q, eps, one):
-    """(-q·log p, 0) of one probability ``p`` and its target share ``q`` (0·log 0 = 0), and
-    whether p is in [0, 1] and q >= 0."""
+    """(-q·log p, d/dp) of one probability ``p`` and its target share ``q`` (0·log 0 = 0), and
+    whether p is in [0, 1] and q >= 0. The derivative ``-q/p`` is 0 where the log does not move
+    with p: p clipped to [eps, 1 - eps], or its log clamped at -100."""
     ok = p >= 0 and p <= one and q >= 0
     zero = one - one
     upper = p >= one / (one + one)
     small = max(one - p, eps) if upper else max(p, eps)
     log_p = flog1p(-small) if upper else flog(small)
     floor = zero - np.float32(100.0)
-    if not eps > zero:
-        log_p = log_p if log_p > floor else floor
-    return (zero if q == zero else -q * log_p), zero, ok
+    if eps > zero:
+        moves = p > eps and p < one - eps
+    else:
+        moves = log_p > floor
+        log_p = log_p if moves else floor
+    d = zero if q == zero or not moves else -q / p
+    return (zero if q == zero else -q * log_p), d, ok
 
 
 def _term(x, y, pw, c, one):

@@ -7,6 +7,9 @@ Per row, with ``P = softmax(x)`` and ``Q = softmax(y)``::
 
 The pass keeps the pair (max, Σ exp) of each array and ``a = Σ exp(x - m_x)·(x - y)``, which
 scales with ``Σ exp(x - m_x)`` when the maximum moves (it has no shift of its own).
+
+``softmax_grads`` writes the gradients of the entropy of ``softmax(x)`` and of this divergence,
+given each row's log-sum-exps and the value itself (see ``reference.softmax_grads``).
 """
 
 import math
@@ -16,8 +19,11 @@ from numba import njit, prange
 
 from .. import config
 from .._threading import parallel_guard
-from ._numeric import as_compute, block_max, fexp, load
-from .cpu import _REDUCE, _merge, _serial
+from numba import types
+from numba.extending import overload
+
+from ._numeric import as_compute, block_max, fexp, load, store
+from .cpu import _REDUCE, _merge, _row_part, _serial
 
 _PARALLEL = dict(_REDUCE, parallel=True)
 _BLOCK = config.BLOCK
@@ -102,3 +108,70 @@ def kl_logits(x, y):
             kernel = _rows if parallel else _serial(_rows)
             kernel(x, y, out)
     return out
+
+
+def _grad_terms(x, lsx, ys, j, lsy, c, zero):
+    """(d/dx, d/dy) of one element: the entropy's when ``ys`` is None, else the divergence's.
+    ``c`` is the row's constant, folded in float64: ``lse(x) - H`` for the entropy and
+    ``lse(x) - lse(y) + KL`` for the divergence, so that each element adds one rounding."""
+
+
+@overload(_grad_terms, inline="always")
+def _grad_terms_impl(x, lsx, ys, j, lsy, c, zero):
+    if isinstance(ys, types.NoneType):
+        def entropy(x, lsx, ys, j, lsy, c, zero):
+            p = fexp(x - lsx)
+            # dH/dx = -p·(log p + H) = -p·(x - (lse - H)); a class of probability 0 has none
+            return (zero if p == zero else -(p * (x - c))), zero
+        return entropy
+
+    def divergence(x, lsx, ys, j, lsy, c, zero):
+        y = load(ys[j])
+        p = fexp(x - lsx)
+        # dKL/dx = p·(log p - log q - KL) = p·((x - y) - (lse(x) - lse(y) + KL)), dKL/dy = q - p
+        return (zero if p == zero else p * ((x - y) - c)), fexp(y - lsy) - p
+    return divergence
+
+
+def _put(out, j, value):
+    """out[j] = value in out's storage type; nothing when ``out`` is None."""
+
+
+@overload(_put, inline="always")
+def _put_impl(out, j, value):
+    if isinstance(out, types.NoneType):
+        return lambda out, j, value: None
+
+    def put(out, j, value):
+        out[j] = store(value, out)
+    return put
+
+
+@njit(**_PARALLEL)
+def _grad_rows(x, y, lse_x, lse_y, c, go, gx, gy):
+    n, v = x.shape
+    zero = as_compute(0.0, x)
+    for r in prange(n):
+        lsx = as_compute(lse_x[r], x)
+        lsy = as_compute(lse_y[r], x)
+        cr = as_compute(c[r], x)
+        s = as_compute(go[r], x)
+        for b in range(0, v, _BLOCK):
+            e = min(b + _BLOCK, v)
+            xs = x[r, b:e]  # 1-D slices walked from 0, as in the other kernels
+            ys = _row_part(y, r, b, e)
+            gxs = gx[r, b:e]
+            gys = _row_part(gy, r, b, e)
+            for j in range(e - b):
+                dx, dy = _grad_terms(load(xs[j]), lsx, ys, j, lsy, cr, zero)
+                gxs[j] = store(s * dx, gxs)
+                _put(gys, j, s * dy)
+
+
+def softmax_grads(x, y, lse_x, lse_y, value, go, gx, gy):
+    """See ``reference.softmax_grads``: the same gradients from a Numba kernel."""
+    if x.shape[0] and x.shape[1]:
+        c = lse_x - value if y is None else lse_x - lse_y + value
+        with parallel_guard() as parallel:
+            kernel = _grad_rows if parallel else _serial(_grad_rows)
+            kernel(x, y, lse_x, lse_x if lse_y is None else lse_y, c, go, gx, gy)

@@ -180,7 +180,9 @@ def binary(kind, x, targets, weights=(None, None, None), pos_weight=None, eps=0.
                 p = np.clip(a, eps, 1.0 - eps) if eps > 0 else a
                 log_p = np.log(p) if eps > 0 else np.maximum(np.log(p), -100.0)
                 loss = np.where(y == 0, 0.0, -y * log_p)
-                d = np.zeros_like(loss)
+                # -q/p where the log moves with p (not clipped, not clamped)
+                moves = (a > eps) & (a < 1.0 - eps) if eps > 0 else np.log(a) > -100.0
+                d = np.where((y == 0) | ~moves, 0.0, -y / a)
             else:
                 bad += int(np.count_nonzero(~((a >= 0) & (a <= 1) & (y >= 0) & (y <= 1))))
                 p = np.clip(a, eps, 1.0 - eps) if eps > 0 else a
@@ -221,3 +223,28 @@ def kl_logits(x, y):
             kl = np.sum(np.where(p > 0, p * (a - b), 0.0), axis=-1) - la + lb
         out[rws] = np.where(np.isnan(kl), kl, np.maximum(kl, 0.0))
     return out
+
+
+def softmax_grads(x, y, lse_x, lse_y, value, go, gx, gy):
+    """Gradients, written into the storage views ``gx`` (and ``gy``), of ``go[i]·value_i`` where
+    ``value_i`` is the entropy of ``softmax(x_i)`` (``y`` None) or KL(softmax(x_i) ||
+    softmax(y_i)), given each row's log-sum-exps ``lse_x``, ``lse_y`` and ``value`` (float64):
+
+        entropy:  d/dx = -p·(log p + H)
+        KL:       d/dx = p·(log p - log q - KL),   d/dy = q - p
+
+    with ``p = softmax(x)``, ``q = softmax(y)``; classes where p is 0 have no d/dx."""
+    n, v = x.shape
+    for rws in _row_blocks(n, v):
+        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+            lx = decode(x[rws]) - lse_x[rws, None]
+            p = np.exp(lx)
+            s = go[rws, None]
+            c = value[rws, None]
+            if y is None:
+                dx = np.where(p > 0, -p * (lx + c), 0.0)
+            else:
+                ly = decode(y[rws]) - lse_y[rws, None]
+                dx = np.where(p > 0, p * (lx - ly - c), 0.0)
+                encode_into(gy[rws], s * (np.exp(ly) - p))
+            encode_into(gx[rws], s * dx)
