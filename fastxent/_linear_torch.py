@@ -6,13 +6,17 @@ For ``reduction="mean"`` or ``"sum"`` the forward pass computes the three gradie
 loss (one pass over the chunks, as Liger-Kernel does) and the backward pass scales them by the
 upstream gradient. For ``reduction="none"`` the upstream gradient differs from row to row and
 enters ``g_weight`` inside its product, so the backward pass walks the chunks a second time.
+Both are ``torch.library`` custom operators with fake implementations, so ``torch.compile``
+traces through them.
 """
+
+from typing import Optional, Tuple
 
 import numpy as np
 import torch
 
 from . import _linear
-from ._torch_support import _host
+from ._torch_support import _host, _no_double_backward, _scaled
 
 
 class _TorchOps:
@@ -91,55 +95,110 @@ def _check(hidden, weight, bias, target):
                            None if bias is None else str(bias.dtype)))
 
 
-class _LinearCrossEntropy(torch.autograd.Function):
+def _prepare(hidden, weight, target, bias, ce_weight, ignore_index, label_smoothing, z_loss,
+             softcap, chunk_size):
+    """What :func:`fastxent._linear.run` takes, from the operators' arguments."""
+    lead, hdim, v = _check(hidden, weight, bias, target)
+    t = _linear.targets(target.detach().cpu().numpy(), lead, v, ignore_index)
+    cw_host = None
+    options = dict(ignore_index=ignore_index, **_linear.checked_options(
+        label_smoothing, z_loss, softcap))
+    if ce_weight is not None:
+        cw_host = ce_weight.detach().cpu().numpy().astype(np.float64)
+        if cw_host.shape != (v,):
+            raise ValueError(f"ce_weight has shape {tuple(ce_weight.shape)}, expected ({v},)")
+        options["weight"] = ce_weight.detach() if hidden.is_cuda else cw_host
+    rows = _linear.chunk_rows(chunk_size, v, hidden.element_size(),
+                              "cuda" if hidden.is_cuda else "cpu")
+    h = hidden.detach().reshape(-1, hdim).contiguous()
+    w = weight.detach().contiguous()
+    b = None if bias is None else bias.detach().contiguous()
+    return lead, (_TorchOps(hidden.device), h, w, b, t, cw_host, options), rows
 
-    @staticmethod
-    def forward(ctx, hidden, weight, bias, target, ce_weight, reduction, ignore_index,
-                label_smoothing, z_loss, softcap, chunk_size):
-        lead, hdim, v = _check(hidden, weight, bias, target)
-        t = _linear.targets(target.detach().cpu().numpy(), lead, v, ignore_index)
-        cw_host = None
-        if ce_weight is not None:
-            cw_host = ce_weight.detach().cpu().numpy().astype(np.float64)
-            if cw_host.shape != (v,):
-                raise ValueError(f"ce_weight has shape {tuple(ce_weight.shape)}, expected ({v},)")
-        options = dict(ignore_index=ignore_index, **_linear.checked_options(
-            label_smoothing, z_loss, softcap))
-        if ce_weight is not None:
-            options["weight"] = ce_weight.detach() if hidden.is_cuda else cw_host
-        where = "cuda" if hidden.is_cuda else "cpu"
-        rows = _linear.chunk_rows(chunk_size, v, hidden.element_size(), where)
-        h = hidden.detach().reshape(-1, hdim).contiguous()
-        w = weight.detach().contiguous()
-        b = None if bias is None else bias.detach().contiguous()
-        ops = _TorchOps(hidden.device)
-        eager = reduction != "none" and any(ctx.needs_input_grad[:3])
-        losses, finish, grads = _linear.run(ops, h, w, b, t, cw_host, options, reduction, rows,
-                                            grad=eager)
-        ctx.eager = eager
-        ctx.grads = grads
-        ctx.saved = (h, w, b, t, cw_host, options, rows, lead)
-        if reduction == "none":
-            return losses.to(hidden.dtype).reshape(lead)
-        return (losses.sum() * float(finish)).to(hidden.dtype)
 
-    @staticmethod
-    def backward(ctx, grad_loss):
-        h, w, b, t, cw_host, options, rows, lead = ctx.saved
-        if ctx.eager:
-            gh, gw, gb = ctx.grads
-            ctx.grads = None
-            if not (grad_loss == 1).all():
-                s = grad_loss.to(torch.float32 if gh.dtype.itemsize < 4 else gh.dtype)
-                gh, gw = gh * s, gw * s
-                gb = None if gb is None else gb * s
-        else:
-            go = grad_loss.reshape(-1).to(torch.float64)
-            ops = _TorchOps(h.device)
-            _, _, (gh, gw, gb) = _linear.run(ops, h, w, b, t, cw_host, options, "none", rows,
-                                             grad=True, grad_output=go)
-        gh = gh.reshape(tuple(lead) + (h.shape[1],))
-        return gh, gw, gb, None, None, None, None, None, None, None, None
+def _none_like(t):
+    return t.new_empty(0)
+
+
+@torch.library.custom_op("fastxent::linear_cross_entropy", mutates_args=())
+def _linear_op(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor,
+               bias: Optional[torch.Tensor], ce_weight: Optional[torch.Tensor], reduction: str,
+               ignore_index: int, label_smoothing: float, z_loss: float,
+               softcap: Optional[float], chunk_size: Optional[int],
+               grad: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss, g_hidden, g_weight, g_bias) with the gradients of ``loss`` when ``grad`` (empty
+    tensors otherwise, and for g_bias without a bias)."""
+    lead, args, rows = _prepare(hidden, weight, target, bias, ce_weight, ignore_index,
+                                label_smoothing, z_loss, softcap, chunk_size)
+    losses, finish, grads = _linear.run(*args, reduction, rows, grad=grad)
+    if reduction == "none":
+        loss = losses.to(hidden.dtype).reshape(lead)
+    else:
+        loss = (losses.sum() * float(finish)).to(hidden.dtype)
+    if not grad:
+        return loss, _none_like(hidden), _none_like(weight), _none_like(hidden)
+    gh, gw, gb = grads
+    return loss, gh.reshape(hidden.shape), gw, _none_like(hidden) if gb is None else gb
+
+
+@_linear_op.register_fake
+def _linear_fake(hidden, weight, target, bias, ce_weight, reduction, ignore_index,
+                 label_smoothing, z_loss, softcap, chunk_size, grad):
+    loss = hidden.new_empty(hidden.shape[:-1] if reduction == "none" else ())
+    if not grad:
+        return loss, _none_like(hidden), _none_like(weight), _none_like(hidden)
+    gb = _none_like(hidden) if bias is None else torch.empty_like(bias)
+    return loss, torch.empty_like(hidden), torch.empty_like(weight), gb
+
+
+@torch.library.custom_op("fastxent::linear_cross_entropy_backward", mutates_args=())
+def _linear_backward_op(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor,
+                        bias: Optional[torch.Tensor], ce_weight: Optional[torch.Tensor],
+                        grad_loss: torch.Tensor, ignore_index: int, label_smoothing: float,
+                        z_loss: float, softcap: Optional[float], chunk_size: Optional[int]
+                        ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The gradients of ``Σ grad_loss·loss`` for reduction="none": a second walk over the
+    chunks, since a per-row upstream gradient enters g_weight inside its product."""
+    _, args, rows = _prepare(hidden, weight, target, bias, ce_weight, ignore_index,
+                             label_smoothing, z_loss, softcap, chunk_size)
+    go = grad_loss.detach().reshape(-1).to(torch.float64)
+    _, _, (gh, gw, gb) = _linear.run(*args, "none", rows, grad=True, grad_output=go)
+    return gh.reshape(hidden.shape), gw, _none_like(hidden) if gb is None else gb
+
+
+@_linear_backward_op.register_fake
+def _linear_backward_fake(hidden, weight, target, bias, ce_weight, grad_loss, ignore_index,
+                          label_smoothing, z_loss, softcap, chunk_size):
+    gb = _none_like(hidden) if bias is None else torch.empty_like(bias)
+    return torch.empty_like(hidden), torch.empty_like(weight), gb
+
+
+def _setup(ctx, inputs, output):
+    (hidden, weight, target, bias, ce_weight, reduction, ignore_index, label_smoothing, z_loss,
+     softcap, chunk_size, grad) = inputs
+    ctx.eager = grad
+    ctx.has_bias = bias is not None
+    ctx.options = (ignore_index, label_smoothing, z_loss, softcap, chunk_size)
+    if grad:  # the gradients, computed with the loss; scaled in backward
+        ctx.save_for_backward(*output[1:])
+    else:  # the inputs, for the second walk
+        ctx.save_for_backward(hidden, weight, target, bias, ce_weight)
+    ctx.mark_non_differentiable(*output[1:])
+    ctx.set_materialize_grads(False)
+
+
+def _backward(ctx, grad_loss, *_grads_of_grads):
+    _no_double_backward()
+    if ctx.eager:
+        gh, gw, gb = ctx.saved_tensors
+        gh, gw, gb = (_scaled(g, grad_loss, "sum") for g in (gh, gw, gb))
+    else:
+        gh, gw, gb = _linear_backward_op(*ctx.saved_tensors, grad_loss, *ctx.options)
+    return gh, gw, None, gb if ctx.has_bias else None, None, None, None, None, None, None, None, \
+        None
+
+
+_linear_op.register_autograd(_backward, setup_context=_setup)
 
 
 def linear_cross_entropy(hidden, weight, target, bias=None, *, reduction="mean",
@@ -193,9 +252,16 @@ def linear_cross_entropy(hidden, weight, target, bias=None, *, reduction="mean",
     """
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"reduction={reduction!r} is not one of 'mean', 'sum', 'none'")
-    return _LinearCrossEntropy.apply(hidden, weight, bias, target, ce_weight, reduction,
-                                     int(ignore_index), label_smoothing, z_loss, softcap,
-                                     chunk_size)
+    _check(hidden, weight, bias, target)
+    wanted = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (hidden, weight, bias))
+    if ce_weight is not None and ce_weight.requires_grad:
+        raise RuntimeError("fastxent.torch.linear_cross_entropy differentiates with respect to "
+                           "hidden, weight and bias, and ce_weight requires grad")
+    return _linear_op(hidden, weight, target, bias, ce_weight, reduction, int(ignore_index),
+                      float(label_smoothing), float(z_loss),
+                      None if softcap is None else float(softcap), chunk_size,
+                      wanted and reduction != "none")[0]
 
 
 class LinearCrossEntropyLoss(torch.nn.Module):

@@ -379,3 +379,42 @@ def test_bench_linear_runs():
     assert all(seconds > 0 for seconds, _ in results.values())
     table = linear.format_table(results, rows=8, hidden=16, vocab=100)
     assert "| fastxent.torch |" in table and "×" in table
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_torch_custom_ops_pass_opcheck(rng, reduction):
+    from fastxent._linear_torch import _linear_backward_op, _linear_op
+    hidden, weight, b, t, cw = problem(rng, lead=(9,), h=5, v=13)
+    h = torch.tensor(hidden, requires_grad=True)
+    w = torch.tensor(weight, requires_grad=True)
+    bt = torch.tensor(b, requires_grad=True)
+    tt, cwt = torch.tensor(t), torch.tensor(cw)
+    args = (h, w, tt, bt, cwt, reduction, -100, 0.1, 1e-3, None, 4, reduction != "none")
+    results = torch.library.opcheck(_linear_op, args)
+    assert set(results.values()) == {"SUCCESS"}, results
+    go = torch.rand(9, dtype=torch.float64)
+    # (no autograd of its own: it is only called from a backward pass)
+    results = torch.library.opcheck(_linear_backward_op, (h.detach(), w.detach(), tt, bt.detach(),
+                                                          cwt, go, -100, 0.1, 1e-3, None, 4))
+    assert set(results.values()) == {"SUCCESS"}, results
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_torch_compile_traces_through(rng, reduction):
+    hidden, weight, b, t, _ = problem(rng, lead=(4, 6), h=8, v=40)
+
+    def step(h, w, bias, target):
+        loss = fxt.linear_cross_entropy(torch.tanh(h), w, target, bias, reduction=reduction,
+                                        chunk_size=5)
+        return loss.sum() * 2.0
+
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    leaves = [torch.tensor(a, requires_grad=True) for a in (hidden, weight, b)]
+    refs = [torch.tensor(a, requires_grad=True) for a in (hidden, weight, b)]
+    out = compiled(*leaves, torch.tensor(t))
+    ref = step(*refs, torch.tensor(t))
+    out.backward()
+    ref.backward()
+    torch.testing.assert_close(out, ref)
+    for a, r in zip(leaves, refs):
+        torch.testing.assert_close(a.grad, r.grad)
