@@ -77,6 +77,7 @@ def entropy(input, *, kind="logits"):
     tensor([[-0.1733,  0.0866,  0.0866]])
     """
     _cpu_only("entropy", input)
+    _family._kind(kind)
     if kind == "logits" and _wants_grad(input):
         return _entropy_op(input, "none")[0]
     if kind != "logits" and _wants_grad(input):
@@ -122,10 +123,11 @@ _kl_op.register_autograd(_kl_backward, setup_context=_kl_setup)
 def kl_divergence(p, q, *, kind="logits", reduction="none"):
     """KL(P || Q) over the last axis: :func:`fastxent.kl_divergence` on tensors, differentiable
     with respect to both logit tensors (``kind="logits"``): ``P·(log P - log Q - KL)`` for ``p``
-    and ``Q - P`` for ``q``. ``reduction="mean"`` averages over rows (PyTorch's ``"batchmean"``).
-    ``kind="probs"`` computes the value only.
+    and ``Q - P`` for ``q``. ``kind="probs"`` computes the value only.
 
-    For distillation, ``kl_divergence(teacher_logits, student_logits, reduction="mean")`` is
+    ``reduction="mean"`` averages over every row (all leading dimensions), which is PyTorch's
+    ``"batchmean"`` of the rows flattened to 2-D. For distillation,
+    ``kl_divergence(teacher_logits, student_logits, reduction="mean")`` on (N, V) logits is
     ``F.kl_div(F.log_softmax(student), F.log_softmax(teacher), reduction="batchmean",
     log_target=True)``, without its N×V temporaries.
 
@@ -142,6 +144,7 @@ def kl_divergence(p, q, *, kind="logits", reduction="none"):
     tensor([[ 0.4000, -0.4000]])
     """
     _cpu_only("kl_divergence", p, q)
+    _family._kind(kind)
     red = _reduction(reduction)
     if kind == "logits" and _wants_grad(p, q):
         return _kl_op(p, q, red)[0]

@@ -111,7 +111,8 @@ def _chunks(t, rows):
 def run(ops, h, w, b, t, cw, options, reduction, rows, grad, grad_output=1.0):
     """The chunked loop on 2-D ``h`` (N, H), ``w`` (V, H), ``b`` (V,) or None and host ``t``
     (N,) int64 (-1: ignored); ``cw`` the class weights as float64 NumPy (or None) and
-    ``options`` what the fused kernel takes besides them.
+    ``options`` what the fused kernel takes besides them. ``grad``: False, True, or which of
+    the three gradients to compute (a frozen weight needs no product for its gradient).
 
     Returns (per-row losses or None, the summed loss's factor, gradients or None): the per-row
     losses as ``ops`` keeps them (zeros for ignored rows), already scaled for reduction="mean".
@@ -123,8 +124,9 @@ def run(ops, h, w, b, t, cw, options, reduction, rows, grad, grad_output=1.0):
     losses = ops.zeros((n,), ops.loss_dtype(h))
     grads = None
     if grad:
-        grads = (ops.zeros(h.shape, h.dtype), ops.zeros(w.shape, w.dtype),
-                 None if b is None else ops.zeros(b.shape, b.dtype))
+        want = (True, True, True) if grad is True else grad
+        grads = tuple(None if a is None or not wanted else ops.zeros(a.shape, a.dtype)
+                      for a, wanted in zip((h, w, b), want))
     buf = None
     for idx in _chunks(t, rows):
         m = idx.stop - idx.start if isinstance(idx, slice) else idx.size
@@ -205,16 +207,19 @@ class _NumpyOps:
 
     def gradients(self, grads, g, w, hc, idx):
         gh, gw, gb = grads
-        if isinstance(idx, slice):
+        if gh is not None and isinstance(idx, slice):
             np.matmul(g, w, out=gh[idx])
-        else:
+        elif gh is not None:
             gh[idx] = g @ w
-        self.accumulate_weight(gw, g, hc)
+        if gw is not None:
+            self.accumulate_weight(gw, g, hc)
         if gb is not None:
             gb += g.sum(axis=0)
 
     def accumulate_weight(self, gw, g, hc):
         """``gw += gᵀ·hc`` without a temporary of ``gw``'s size."""
+        if gw.size == 0:
+            return
         if _sgemm_into(gw, g, hc) is not None:
             return
         tmp = np.empty((min(self.BLOCK, gw.shape[0]), gw.shape[1]), gw.dtype)
@@ -246,7 +251,7 @@ def _prepare(hidden, weight, targets_, bias, reduction, ignore_index, ce_weight,
     options = dict(ignore_index=ignore, weight=cw, backend=backend, **checked_options(
         label_smoothing, z_loss, softcap))
     rows = chunk_rows(chunk_size, v, h.dtype.itemsize, "cpu")
-    h2 = np.ascontiguousarray(h.reshape(-1, hdim))
+    h2 = np.ascontiguousarray(h.reshape(int(np.prod(lead)), hdim))
     return lead, h2, np.ascontiguousarray(w), b, t, cw, options, red, rows
 
 

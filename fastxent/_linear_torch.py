@@ -68,11 +68,12 @@ class _TorchOps:
 
     def gradients(self, grads, g, w, hc, idx):
         gh, gw, gb = grads
-        if isinstance(idx, slice):
+        if gh is not None and isinstance(idx, slice):
             torch.matmul(g, w, out=gh[idx])
-        else:
+        elif gh is not None:
             gh[self._index(idx)] = g @ w
-        gw.addmm_(g.T, hc)
+        if gw is not None:
+            gw.addmm_(g.T, hc)
         if gb is not None:
             gb += g.sum(dim=0, dtype=torch.float32 if g.dtype.itemsize < 4 else g.dtype).to(gb)
 
@@ -104,13 +105,15 @@ def _prepare(hidden, weight, target, bias, ce_weight, ignore_index, label_smooth
     options = dict(ignore_index=ignore_index, **_linear.checked_options(
         label_smoothing, z_loss, softcap))
     if ce_weight is not None:
+        if not isinstance(ce_weight, torch.Tensor):
+            raise TypeError(f"ce_weight must be a torch.Tensor, got {type(ce_weight).__name__}")
         cw_host = ce_weight.detach().cpu().numpy().astype(np.float64)
         if cw_host.shape != (v,):
             raise ValueError(f"ce_weight has shape {tuple(ce_weight.shape)}, expected ({v},)")
         options["weight"] = ce_weight.detach() if hidden.is_cuda else cw_host
     rows = _linear.chunk_rows(chunk_size, v, hidden.element_size(),
                               "cuda" if hidden.is_cuda else "cpu")
-    h = hidden.detach().reshape(-1, hdim).contiguous()
+    h = hidden.detach().reshape(int(np.prod(lead)), hdim).contiguous()
     w = weight.detach().contiguous()
     b = None if bias is None else bias.detach().contiguous()
     return lead, (_TorchOps(hidden.device), h, w, b, t, cw_host, options), rows
@@ -124,59 +127,72 @@ def _none_like(t):
 def _linear_op(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor,
                bias: Optional[torch.Tensor], ce_weight: Optional[torch.Tensor], reduction: str,
                ignore_index: int, label_smoothing: float, z_loss: float,
-               softcap: Optional[float], chunk_size: Optional[int],
-               grad: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(loss, g_hidden, g_weight, g_bias) with the gradients of ``loss`` when ``grad`` (empty
-    tensors otherwise, and for g_bias without a bias)."""
+               softcap: Optional[float], chunk_size: Optional[int], grad_hidden: bool,
+               grad_weight: bool,
+               grad_bias: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss, g_hidden, g_weight, g_bias): the gradients of ``loss`` asked for by the three
+    flags, empty tensors for the others (and for g_bias without a bias)."""
     lead, args, rows = _prepare(hidden, weight, target, bias, ce_weight, ignore_index,
                                 label_smoothing, z_loss, softcap, chunk_size)
-    losses, finish, grads = _linear.run(*args, reduction, rows, grad=grad)
+    want = (grad_hidden, grad_weight, grad_bias)
+    losses, finish, grads = _linear.run(*args, reduction, rows, grad=any(want) and want)
     if reduction == "none":
         loss = losses.to(hidden.dtype).reshape(lead)
     else:
         loss = (losses.sum() * float(finish)).to(hidden.dtype)
-    if not grad:
-        return loss, _none_like(hidden), _none_like(weight), _none_like(hidden)
-    gh, gw, gb = grads
-    return loss, gh.reshape(hidden.shape), gw, _none_like(hidden) if gb is None else gb
+    return (loss,) + _results(hidden, weight, grads)
+
+
+def _results(hidden, weight, grads):
+    """The three gradient outputs of the operators: empty tensors for those not computed."""
+    gh, gw, gb = grads or (None, None, None)
+    return (_none_like(hidden) if gh is None else gh.reshape(hidden.shape),
+            _none_like(weight) if gw is None else gw, _none_like(hidden) if gb is None else gb)
+
+
+def _fake_results(hidden, weight, bias, want):
+    like = (hidden, weight, bias)
+    return tuple(torch.empty_like(a) if wanted and a is not None else _none_like(hidden)
+                 for a, wanted in zip(like, want))
 
 
 @_linear_op.register_fake
 def _linear_fake(hidden, weight, target, bias, ce_weight, reduction, ignore_index,
-                 label_smoothing, z_loss, softcap, chunk_size, grad):
+                 label_smoothing, z_loss, softcap, chunk_size, grad_hidden, grad_weight,
+                 grad_bias):
     loss = hidden.new_empty(hidden.shape[:-1] if reduction == "none" else ())
-    if not grad:
-        return loss, _none_like(hidden), _none_like(weight), _none_like(hidden)
-    gb = _none_like(hidden) if bias is None else torch.empty_like(bias)
-    return loss, torch.empty_like(hidden), torch.empty_like(weight), gb
+    return (loss,) + _fake_results(hidden, weight, bias, (grad_hidden, grad_weight, grad_bias))
 
 
 @torch.library.custom_op("fastxent::linear_cross_entropy_backward", mutates_args=())
 def _linear_backward_op(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor,
                         bias: Optional[torch.Tensor], ce_weight: Optional[torch.Tensor],
                         grad_loss: torch.Tensor, ignore_index: int, label_smoothing: float,
-                        z_loss: float, softcap: Optional[float], chunk_size: Optional[int]
+                        z_loss: float, softcap: Optional[float], chunk_size: Optional[int],
+                        grad_hidden: bool, grad_weight: bool, grad_bias: bool
                         ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The gradients of ``Σ grad_loss·loss`` for reduction="none": a second walk over the
-    chunks, since a per-row upstream gradient enters g_weight inside its product."""
+    """The gradients of ``Σ grad_loss·loss`` for reduction="none" (those the flags ask for): a
+    second walk over the chunks, since a per-row upstream gradient enters g_weight inside its
+    product."""
     _, args, rows = _prepare(hidden, weight, target, bias, ce_weight, ignore_index,
                              label_smoothing, z_loss, softcap, chunk_size)
     go = grad_loss.detach().reshape(-1).to(torch.float64)
-    _, _, (gh, gw, gb) = _linear.run(*args, "none", rows, grad=True, grad_output=go)
-    return gh.reshape(hidden.shape), gw, _none_like(hidden) if gb is None else gb
+    want = (grad_hidden, grad_weight, grad_bias)
+    _, _, grads = _linear.run(*args, "none", rows, grad=want, grad_output=go)
+    return _results(hidden, weight, grads)
 
 
 @_linear_backward_op.register_fake
 def _linear_backward_fake(hidden, weight, target, bias, ce_weight, grad_loss, ignore_index,
-                          label_smoothing, z_loss, softcap, chunk_size):
-    gb = _none_like(hidden) if bias is None else torch.empty_like(bias)
-    return torch.empty_like(hidden), torch.empty_like(weight), gb
+                          label_smoothing, z_loss, softcap, chunk_size, grad_hidden, grad_weight,
+                          grad_bias):
+    return _fake_results(hidden, weight, bias, (grad_hidden, grad_weight, grad_bias))
 
 
 def _setup(ctx, inputs, output):
     (hidden, weight, target, bias, ce_weight, reduction, ignore_index, label_smoothing, z_loss,
-     softcap, chunk_size, grad) = inputs
-    ctx.eager = grad
+     softcap, chunk_size, *want) = inputs
+    ctx.eager = grad = any(want)
     ctx.has_bias = bias is not None
     ctx.options = (ignore_index, label_smoothing, z_loss, softcap, chunk_size)
     if grad:  # the gradients, computed with the loss; scaled in backward
@@ -189,13 +205,13 @@ def _setup(ctx, inputs, output):
 
 def _backward(ctx, grad_loss, *_grads_of_grads):
     _no_double_backward()
+    want = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[3])
     if ctx.eager:
-        gh, gw, gb = ctx.saved_tensors
-        gh, gw, gb = (_scaled(g, grad_loss, "sum") for g in (gh, gw, gb))
+        grads = tuple(_scaled(g, grad_loss, "sum") for g in ctx.saved_tensors)
     else:
-        gh, gw, gb = _linear_backward_op(*ctx.saved_tensors, grad_loss, *ctx.options)
-    return gh, gw, None, gb if ctx.has_bias else None, None, None, None, None, None, None, None, \
-        None
+        grads = _linear_backward_op(*ctx.saved_tensors, grad_loss, *ctx.options, *want)
+    gh, gw, gb = (g if wanted else None for g, wanted in zip(grads, want))
+    return (gh, gw, None, gb) + (None,) * 10
 
 
 _linear_op.register_autograd(_backward, setup_context=_setup)
@@ -253,15 +269,14 @@ def linear_cross_entropy(hidden, weight, target, bias=None, *, reduction="mean",
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"reduction={reduction!r} is not one of 'mean', 'sum', 'none'")
     _check(hidden, weight, bias, target)
-    wanted = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (hidden, weight, bias))
     if ce_weight is not None and ce_weight.requires_grad:
         raise RuntimeError("fastxent.torch.linear_cross_entropy differentiates with respect to "
                            "hidden, weight and bias, and ce_weight requires grad")
+    eager = torch.is_grad_enabled() and reduction != "none"
+    want = [eager and t is not None and t.requires_grad for t in (hidden, weight, bias)]
     return _linear_op(hidden, weight, target, bias, ce_weight, reduction, int(ignore_index),
                       float(label_smoothing), float(z_loss),
-                      None if softcap is None else float(softcap), chunk_size,
-                      wanted and reduction != "none")[0]
+                      None if softcap is None else float(softcap), chunk_size, *want)[0]
 
 
 class LinearCrossEntropyLoss(torch.nn.Module):

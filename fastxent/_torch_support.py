@@ -37,18 +37,24 @@ def _tensor(a):
 def _no_double_backward():
     if torch.is_grad_enabled() and not torch.compiler.is_compiling():
         # backward(create_graph=True), autograd.grad(create_graph=True)
-        raise RuntimeError("fastxent.torch.cross_entropy has no double backward: its gradient "
-                           "comes from a fused kernel, not from differentiable operations; call "
-                           "backward without create_graph=True, or use "
-                           "torch.nn.functional.cross_entropy where second derivatives are needed")
+        raise RuntimeError("fastxent.torch's losses have no double backward: their gradients "
+                           "come from fused kernels, not from differentiable operations; call "
+                           "backward without create_graph=True, or use PyTorch's own functions "
+                           "(torch.nn.functional.cross_entropy, ...) where second derivatives "
+                           "are needed")
 
 
 def _scaled(grad, grad_loss, reduction, per_row=True):
-    """The saved gradient times the upstream one. Eagerly in place, and not at all when the
-    upstream gradient is 1 (what ``loss.backward()`` passes): one value read back, against a pass
-    over the gradient. When traced (``torch.compile``, or any tensor subclass such as the fake
-    tensors of tracing), a plain product that the compiler can fuse. ``per_row``: a loss per row
-    for reduction="none" (else one per element)."""
+    """The saved gradient times the upstream one. Eagerly in place (no second array of the
+    gradient's size), and not at all when the upstream gradient is all ones (what
+    ``loss.backward()`` passes, and ``loss.sum().backward()`` for a loss per row): values read
+    back, against a pass over the gradient. When traced (``torch.compile``, or any tensor
+    subclass such as the fake tensors of tracing), a plain product that the compiler can fuse.
+    ``per_row``: a loss per row for reduction="none" (else one per element).
+
+    Scaling in place consumes the saved gradient: a second backward pass through a retained
+    graph with an upstream gradient other than ones raises PyTorch's error about a saved tensor
+    modified in place (Liger-Kernel's losses share this limit)."""
     go = grad_loss.to(grad.dtype)
     if reduction == "none" and per_row:
         go = go.unsqueeze(-1)
@@ -56,7 +62,7 @@ def _scaled(grad, grad_loss, reduction, per_row=True):
               or type(grad_loss) is not torch.Tensor)
     if traced:
         return grad * go
-    if reduction == "none" or float(go) != 1.0:
+    if not bool((go == 1).all()):
         grad.mul_(go)
     return grad
 

@@ -211,3 +211,29 @@ def test_torch_errors():
                                                                requires_grad=True))
     with pytest.raises(ValueError, match="reduction"):
         fxt.kl_divergence(x, x, reduction="batchmean")
+
+
+def test_large_logits_keep_float32_precision():
+    """Logits near 1e4 (and two arrays offset by thousands): the log-sum-exps' rounding to
+    float32 must not reach the gradients or the divergence."""
+    x = np.float32([[1e4, 1e4 - 1, 0.0]])
+    y = np.float32([[5e3, 5e3 + 2, 1.0]])
+    _, g = fx.entropy_with_grad(x)
+    _, ref = fx.entropy_with_grad(x.astype(F64))
+    np.testing.assert_allclose(g, ref, atol=1e-6)
+    kl, (gp, gq) = fx.kl_divergence_with_grad(x, y)
+    rkl, (rp, rq) = fx.kl_divergence_with_grad(x.astype(F64), y.astype(F64))
+    np.testing.assert_allclose(kl, rkl, rtol=1e-6)
+    np.testing.assert_allclose(gp, rp, atol=1e-6)
+    np.testing.assert_allclose(gq, rq, atol=1e-6)
+
+
+def test_torch_retained_graph_backward_twice(rng):
+    """Upstream gradients of ones leave the kept gradient as it is: a retained graph can be
+    walked again."""
+    x = torch.tensor(random_logits(rng, (3, 50), F32), requires_grad=True)
+    h = fxt.entropy(x)
+    h.sum().backward(retain_graph=True)
+    first = x.grad.clone()
+    h.sum().backward()
+    torch.testing.assert_close(x.grad, 2 * first)

@@ -389,13 +389,15 @@ def test_torch_custom_ops_pass_opcheck(rng, reduction):
     w = torch.tensor(weight, requires_grad=True)
     bt = torch.tensor(b, requires_grad=True)
     tt, cwt = torch.tensor(t), torch.tensor(cw)
-    args = (h, w, tt, bt, cwt, reduction, -100, 0.1, 1e-3, None, 4, reduction != "none")
+    eager = reduction != "none"
+    args = (h, w, tt, bt, cwt, reduction, -100, 0.1, 1e-3, None, 4, eager, eager, eager)
     results = torch.library.opcheck(_linear_op, args)
     assert set(results.values()) == {"SUCCESS"}, results
     go = torch.rand(9, dtype=torch.float64)
     # (no autograd of its own: it is only called from a backward pass)
     results = torch.library.opcheck(_linear_backward_op, (h.detach(), w.detach(), tt, bt.detach(),
-                                                          cwt, go, -100, 0.1, 1e-3, None, 4))
+                                                          cwt, go, -100, 0.1, 1e-3, None, 4,
+                                                          True, False, True))
     assert set(results.values()) == {"SUCCESS"}, results
 
 
@@ -418,3 +420,29 @@ def test_torch_compile_traces_through(rng, reduction):
     torch.testing.assert_close(out, ref)
     for a, r in zip(leaves, refs):
         torch.testing.assert_close(a.grad, r.grad)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_torch_frozen_weight_gets_no_gradient(rng, monkeypatch, reduction):
+    """Only hidden requires a gradient (a frozen output layer): no product for the weight's."""
+    hidden, weight, b, t, _ = problem(rng)
+    ref, (rh, _, _) = reference(hidden, weight, b, t, None, reduction=reduction)
+    calls = []
+    monkeypatch.setattr(torch.Tensor, "addmm_", lambda *a, **k: calls.append(1))
+    h = torch.tensor(hidden, requires_grad=True)
+    w, bt = torch.tensor(weight), torch.tensor(b)
+    loss = fxt.linear_cross_entropy(h, w, torch.tensor(t), bt, reduction=reduction,
+                                    chunk_size=4)
+    loss.sum().backward()
+    assert not calls and w.grad is None and bt.grad is None
+    close(h.grad.numpy(), rh, 1e-12)
+
+
+def test_hidden_size_zero(rng):
+    """H = 0: the logits are the bias, and g_weight is (V, 0)."""
+    weight = np.zeros((5, 0))
+    b = rng.standard_normal(5)
+    t = np.array([0, 3])
+    loss, (gh, gw, gb) = fx.linear_cross_entropy_with_grad(np.zeros((2, 0)), weight, t, b)
+    assert loss == pytest.approx(fx.cross_entropy(np.tile(b, (2, 1)), t))
+    assert gh.shape == (2, 0) and gw.shape == (5, 0) and gb.shape == (5,)

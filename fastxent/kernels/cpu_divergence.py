@@ -30,8 +30,9 @@ _BLOCK = config.BLOCK
 
 
 @njit(**_REDUCE)
-def _block(xs, ys, mx, my):
-    """(Σ exp(x - mx), Σ exp(x - mx)·(x - y), Σ exp(y - my)) of a block, compute type."""
+def _block(xs, ys, mx, my, d0):
+    """(Σ exp(x - mx), Σ exp(x - mx)·(x - y - d0), Σ exp(y - my)) of a block, compute type.
+    ``d0`` is the row's offset between the two arrays (see ``_rows``)."""
     zero = as_compute(0.0, xs)  # (not mx - mx: NaN for a +inf maximum)
     sx = zero
     a = zero
@@ -41,7 +42,7 @@ def _block(xs, ys, mx, my):
         y = load(ys[j])
         e = fexp(x - mx)
         sx += e
-        a += zero if e == zero else e * (x - y)  # a masked class of P weighs nothing
+        a += zero if e == zero else e * ((x - y) - d0)  # a masked class of P weighs nothing
         sy += fexp(y - my)
     return sx, a, sy
 
@@ -60,6 +61,9 @@ def _shift(m, xs):
 
 @njit(**_PARALLEL)
 def _rows(x, y, out):
+    """``a`` sums ``exp(x - m)·(x - y - d0)``, where ``d0`` is the difference of the first
+    block's maxima: for logits far from 0 (two models' logits offset by thousands, say) the
+    terms stay small and keep float32's precision, and ``d0`` is added back in float64."""
     n, v = x.shape
     for r in prange(n):
         mx = -np.inf
@@ -67,13 +71,18 @@ def _rows(x, y, out):
         a = 0.0
         my = -np.inf
         sy = 0.0
+        d0 = 0.0
         for b in range(0, v, _BLOCK):
             e = min(b + _BLOCK, v)
             xs = x[r, b:e]
             ys = y[r, b:e]
             bx = _max(xs)
             by = _max(ys)
-            sbx, ab, sby = _block(xs, ys, _shift(bx, xs), _shift(by, ys))
+            if b == 0:
+                d0 = np.float64(bx) - np.float64(by)
+                d0 = d0 if math.isfinite(d0) else 0.0
+                d0 = np.float64(as_compute(d0, xs))  # exact in the compute type
+            sbx, ab, sby = _block(xs, ys, _shift(bx, xs), _shift(by, ys), as_compute(d0, xs))
             if bx > -np.inf:
                 if bx > mx:
                     scale = math.exp(mx - bx) if sx > 0 else 0.0
@@ -92,7 +101,7 @@ def _rows(x, y, out):
                 sy = np.nan
         if sx > 0 and sy > 0:
             # >= 0 in exact arithmetic; rounding may leave -1e-7 for equal distributions
-            out[r] = max(a / sx - (mx + math.log(sx)) + (my + math.log(sy)), 0.0)
+            out[r] = max(a / sx + d0 - (mx + math.log(sx)) + (my + math.log(sy)), 0.0)
         elif sx == 0 or sy == 0:  # no mass in P (or in Q): undefined, as 0/0 (or P's mass lost)
             out[r] = np.nan if sx == 0 else np.inf
         else:
@@ -110,26 +119,32 @@ def kl_logits(x, y):
     return out
 
 
-def _grad_terms(x, lsx, ys, j, lsy, c, zero):
+def _grad_terms(x, sx, ax, ys, j, sy, ay, c, zero):
     """(d/dx, d/dy) of one element: the entropy's when ``ys`` is None, else the divergence's.
-    ``c`` is the row's constant, folded in float64: ``lse(x) - H`` for the entropy and
-    ``lse(x) - lse(y) + KL`` for the divergence, so that each element adds one rounding."""
+
+    Each row's log-sum-exp is split into a shift exact in the compute type and a small rest
+    (``lse = s + a``), so that ``x - s`` is exact for the x that matter (Sterbenz) and large
+    logits lose nothing to the rounding of lse. ``c`` is the row's other constant, folded in
+    float64: ``a - H`` for the entropy (``log p + H = (x - s) - (a - H)``) and
+    ``a_x - a_y + KL`` for the divergence."""
 
 
 @overload(_grad_terms, inline="always")
-def _grad_terms_impl(x, lsx, ys, j, lsy, c, zero):
+def _grad_terms_impl(x, sx, ax, ys, j, sy, ay, c, zero):
     if isinstance(ys, types.NoneType):
-        def entropy(x, lsx, ys, j, lsy, c, zero):
-            p = fexp(x - lsx)
-            # dH/dx = -p·(log p + H) = -p·(x - (lse - H)); a class of probability 0 has none
-            return (zero if p == zero else -(p * (x - c))), zero
+        def entropy(x, sx, ax, ys, j, sy, ay, c, zero):
+            t = x - sx
+            p = fexp(t - ax)
+            # dH/dx = -p·(log p + H); a class of probability 0 has none
+            return (zero if p == zero else -(p * (t - c))), zero
         return entropy
 
-    def divergence(x, lsx, ys, j, lsy, c, zero):
-        y = load(ys[j])
-        p = fexp(x - lsx)
-        # dKL/dx = p·(log p - log q - KL) = p·((x - y) - (lse(x) - lse(y) + KL)), dKL/dy = q - p
-        return (zero if p == zero else p * ((x - y) - c)), fexp(y - lsy) - p
+    def divergence(x, sx, ax, ys, j, sy, ay, c, zero):
+        t = x - sx
+        u = load(ys[j]) - sy
+        p = fexp(t - ax)
+        # dKL/dx = p·(log p - log q - KL) = p·((t - u) - (a_x - a_y + KL)), dKL/dy = q - p
+        return (zero if p == zero else p * ((t - u) - c)), fexp(u - ay) - p
     return divergence
 
 
@@ -148,13 +163,17 @@ def _put_impl(out, j, value):
 
 
 @njit(**_PARALLEL)
-def _grad_rows(x, y, lse_x, lse_y, c, go, gx, gy):
+def _grad_rows(x, y, rows, go, gx, gy):
+    """``rows`` (N, 5) float64: [shift of lse(x), its rest, shift of lse(y), its rest, the
+    constant of ``_grad_terms``]."""
     n, v = x.shape
     zero = as_compute(0.0, x)
     for r in prange(n):
-        lsx = as_compute(lse_x[r], x)
-        lsy = as_compute(lse_y[r], x)
-        cr = as_compute(c[r], x)
+        sx = as_compute(rows[r, 0], x)
+        ax = as_compute(rows[r, 1], x)
+        sy = as_compute(rows[r, 2], x)
+        ay = as_compute(rows[r, 3], x)
+        cr = as_compute(rows[r, 4], x)
         s = as_compute(go[r], x)
         for b in range(0, v, _BLOCK):
             e = min(b + _BLOCK, v)
@@ -163,15 +182,32 @@ def _grad_rows(x, y, lse_x, lse_y, c, go, gx, gy):
             gxs = gx[r, b:e]
             gys = _row_part(gy, r, b, e)
             for j in range(e - b):
-                dx, dy = _grad_terms(load(xs[j]), lsx, ys, j, lsy, cr, zero)
+                dx, dy = _grad_terms(load(xs[j]), sx, ax, ys, j, sy, ay, cr, zero)
                 gxs[j] = store(s * dx, gxs)
                 _put(gys, j, s * dy)
 
 
+def _split(lse, compute):
+    """(shift, rest): the log-sum-exps rounded to the compute type, and what that leaves."""
+    with np.errstate(invalid="ignore"):
+        shift = lse.astype(compute).astype(np.float64)
+        rest = np.where(np.isfinite(shift), lse - shift, 0.0)
+    return shift, rest
+
+
 def softmax_grads(x, y, lse_x, lse_y, value, go, gx, gy):
     """See ``reference.softmax_grads``: the same gradients from a Numba kernel."""
-    if x.shape[0] and x.shape[1]:
-        c = lse_x - value if y is None else lse_x - lse_y + value
-        with parallel_guard() as parallel:
-            kernel = _grad_rows if parallel else _serial(_grad_rows)
-            kernel(x, y, lse_x, lse_x if lse_y is None else lse_y, c, go, gx, gy)
+    if not (x.shape[0] and x.shape[1]):
+        return
+    compute = np.float64 if x.dtype == np.float64 else np.float32
+    rows = np.empty((x.shape[0], 5))
+    rows[:, 0], rows[:, 1] = _split(lse_x, compute)
+    if y is None:
+        rows[:, 2:4] = 0.0
+        rows[:, 4] = rows[:, 1] - value
+    else:
+        rows[:, 2], rows[:, 3] = _split(lse_y, compute)
+        rows[:, 4] = rows[:, 1] - rows[:, 3] + value
+    with parallel_guard() as parallel:
+        kernel = _grad_rows if parallel else _serial(_grad_rows)
+        kernel(x, y, rows, go, gx, gy)
