@@ -517,8 +517,9 @@ def kl_divergence(p, q, *, kind="logits", reduction="none", eps=None, backend="a
     (``kind="probs"``: with 0·log 0 = 0, and ``eps`` as :func:`cross_entropy_from_probs`).
 
     ``reduction="mean"`` averages over rows (PyTorch's ``"batchmean"``), ``"sum"`` sums them.
-    Arithmetic is float32 for float32 inputs: expect about 1e-7 times the logits' magnitude
-    (or the logs' for probabilities) as absolute error, which matters only for divergences near 0.
+    Arithmetic is float32 for float32 inputs: expect about 1e-7 times the spread of ``p - q``
+    over the classes (of the logs' for probabilities) as absolute error, which matters only for
+    divergences near 0.
 
     Examples
     --------
