@@ -181,19 +181,17 @@ class _NumpyOps:
 
     @staticmethod
     def take(h, idx):
+        """Rows ``idx`` of ``h`` (the hidden states of a chunk, or its upstream gradients)."""
         return h[idx]
 
-    @staticmethod
-    def targets(t):
-        return t
-
-    @staticmethod
-    def rows(a, idx):
-        return a[idx]
+    rows = take
 
     @staticmethod
     def kernel(x):
+        """What fastxent's kernels take for an array (the chunk's logits, its targets)."""
         return x
+
+    targets = kernel
 
     @staticmethod
     def put(losses, idx, loss):
