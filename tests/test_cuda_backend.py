@@ -480,3 +480,46 @@ def test_bce_of_device_arrays_and_probabilities(rng):
     with pytest.raises(ValueError, match=r"must be in \[0, 1\]"):
         fx.binary_cross_entropy(p * 2, y, backend="cuda")
 
+
+
+def test_linear_cross_entropy_chunks_through_the_device_kernels(rng):
+    """The fused linear cross-entropy's loop (``fastxent._linear.run``) with each chunk's logits
+    in a device array: the CUDA kernel's per-row losses, per-row upstream gradients and in-place
+    gradient, as ``fastxent.torch`` uses them for CUDA tensors, against the CPU loop."""
+    from fastxent import _linear
+
+    class DeviceOps(_linear._NumpyOps):
+        """NumPy's products on the host; each chunk's logits and gradient on the device."""
+
+        @staticmethod
+        def empty(shape, dtype):
+            return cuda.device_array(shape, dtype)
+
+        @staticmethod
+        def logits(hc, w, b, out):
+            out.copy_to_device(np.ascontiguousarray(hc @ w.T + (0 if b is None else b),
+                                                    dtype=out.dtype))
+
+        def gradients(self, grads, g, w, hc, idx):
+            super().gradients(grads, g.copy_to_host(), w, hc, idx)
+
+        @staticmethod
+        def put(losses, idx, loss):
+            losses[idx] = loss.copy_to_host()
+
+    n, h, v = 21, 6, 37
+    hidden = rng.standard_normal((n, h)).astype(F32)
+    weight = rng.standard_normal((v, h)).astype(F32)
+    bias = rng.standard_normal(v).astype(F32)
+    t = rng.integers(0, v, n)
+    t[[2, 9]] = -1
+    cw = rng.uniform(0.5, 2.0, v)
+    options = dict(ignore_index=-100, weight=cw, label_smoothing=0.1, z_loss=1e-3, softcap=None)
+    for reduction, go in (("mean", 1.0), ("none", rng.uniform(0.5, 2.0, n))):
+        args = (hidden, weight, bias, t, cw, options, reduction, 5)
+        got = _linear.run(DeviceOps(), *args, grad=True, grad_output=go)
+        want = _linear.run(_linear._NumpyOps(), *args, grad=True, grad_output=go)
+        np.testing.assert_allclose(got[0], want[0], rtol=2e-6)
+        assert got[1] == want[1]
+        for a, b in zip(got[2], want[2]):
+            np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6)
