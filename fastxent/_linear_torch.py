@@ -105,8 +105,6 @@ def _prepare(hidden, weight, target, bias, ce_weight, ignore_index, label_smooth
     options = dict(ignore_index=ignore_index, **_linear.checked_options(
         label_smoothing, z_loss, softcap))
     if ce_weight is not None:
-        if not isinstance(ce_weight, torch.Tensor):
-            raise TypeError(f"ce_weight must be a torch.Tensor, got {type(ce_weight).__name__}")
         cw_host = ce_weight.detach().cpu().numpy().astype(np.float64)
         if cw_host.shape != (v,):
             raise ValueError(f"ce_weight has shape {tuple(ce_weight.shape)}, expected ({v},)")
@@ -269,6 +267,8 @@ def linear_cross_entropy(hidden, weight, target, bias=None, *, reduction="mean",
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"reduction={reduction!r} is not one of 'mean', 'sum', 'none'")
     _check(hidden, weight, bias, target)
+    if ce_weight is not None and not isinstance(ce_weight, torch.Tensor):
+        raise TypeError(f"ce_weight must be a torch.Tensor, got {type(ce_weight).__name__}")
     if ce_weight is not None and ce_weight.requires_grad:
         raise RuntimeError("fastxent.torch.linear_cross_entropy differentiates with respect to "
                            "hidden, weight and bias, and ce_weight requires grad")

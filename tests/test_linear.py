@@ -350,6 +350,8 @@ def test_torch_bad_input(rng):
         fxt.linear_cross_entropy(hidden, w, tt)
     with pytest.raises(ValueError, match="reduction"):
         fxt.linear_cross_entropy(h, w, tt, reduction="avg")
+    with pytest.raises(TypeError, match="ce_weight must be a torch.Tensor"):
+        fxt.linear_cross_entropy(h, w, tt, ce_weight=[1.0] * w.shape[0])
 
 
 @needs_gpu
