@@ -448,3 +448,19 @@ def test_hidden_size_zero(rng):
     loss, (gh, gw, gb) = fx.linear_cross_entropy_with_grad(np.zeros((2, 0)), weight, t, b)
     assert loss == pytest.approx(fx.cross_entropy(np.tile(b, (2, 1)), t))
     assert gh.shape == (2, 0) and gw.shape == (5, 0) and gb.shape == (5,)
+
+
+def test_bench_linear_gpu_pipeline_on_the_cpu():
+    """``fastxent bench --linear --device cuda``'s code on CPU tensors (host timers): every
+    installed contender runs and the losses agree."""
+    from fastxent.bench import linear
+
+    results, missing = linear.run_gpu(rows=16, hidden=8, vocab=50, dtype="float32",
+                                      device="cpu")
+    assert {"fastxent.torch", "torch"} <= set(results)
+    assert set(results) | set(missing) == {"fastxent.torch", "torch", "liger",
+                                           "cut cross-entropy"}
+    losses = [loss for _, _, loss in results.values()]
+    assert max(losses) - min(losses) < 1e-5
+    table = linear.format_gpu_table(results, missing, 16, 8, 50, "float32")
+    assert "| fastxent.torch |" in table

@@ -17,6 +17,14 @@ N×H hidden states, a V×H weight), four ways:
 Each is timed as the median of ``repeat`` calls after one warm-up call, and its peak extra memory
 is measured in the same process: the growth of the peak RSS during one call beyond the memory
 before it, less the gradients it returns (what every path must allocate).
+
+With ``--device cuda`` (:func:`run_gpu`) the contenders are PyTorch CUDA tensors, by default at
+the issue's H100 case (N=8192, H=4096, V=131072, bfloat16): ``fastxent.torch``, PyTorch's
+unfused matmul + ``F.cross_entropy``, and, where installed, Liger-Kernel's
+``LigerFusedLinearCrossEntropyLoss`` and Apple's Cut Cross-Entropy (``cut_cross_entropy``).
+Times come from CUDA events (``bench.gpu.Clock``) and the extra memory from PyTorch's allocator
+peak during one call, less the gradients. On ``device="cpu"`` the same code runs with host timers
+(the tests check the pipeline that way).
 """
 
 import gc
@@ -28,6 +36,7 @@ from .._memory import _status_kib, peak_rss_bytes, reset_peak_rss
 from .report import _size as format_bytes
 
 DEFAULT_SHAPE = dict(rows=512, hidden=1024, vocab=131072)
+GPU_SHAPE = dict(rows=8192, hidden=4096, vocab=131072, dtype="bfloat16")
 
 
 def _contenders(h, w, t):
@@ -113,7 +122,93 @@ def format_table(results, rows, hidden, vocab):
     return "\n".join(lines)
 
 
+def _gpu_contenders(torch, h, w, t):
+    """{name: call} on tensors; each call runs forward and backward and returns the loss."""
+    import fastxent.torch as fxt
+
+    def autograd(loss_fn):
+        def call():
+            h.grad = w.grad = None
+            loss = loss_fn()
+            loss.backward()
+            return loss
+        return call
+
+    found = {"fastxent.torch": autograd(lambda: fxt.linear_cross_entropy(h, w, t)),
+             "torch": autograd(lambda: torch.nn.functional.cross_entropy(
+                 (h @ w.T).float(), t))}
+    missing = {}
+    try:
+        from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+        liger = LigerFusedLinearCrossEntropyLoss()
+        found["liger"] = autograd(lambda: liger(w, h, t))
+    except ImportError as exc:
+        missing["liger"] = str(exc)
+    try:
+        from cut_cross_entropy import linear_cross_entropy as cce
+        found["cut cross-entropy"] = autograd(lambda: cce(h, w, t))
+    except ImportError as exc:
+        missing["cut cross-entropy"] = str(exc)
+    return found, missing
+
+
+def run_gpu(rows, hidden, vocab, dtype="bfloat16", device="cuda", seed=0):
+    """{contender: (median seconds, peak extra bytes or None, loss)} and {missing: reason}."""
+    import torch
+
+    from .gpu import Clock, time_call
+
+    g = torch.Generator(device=device).manual_seed(seed)
+    dt = getattr(torch, dtype)
+    h = (torch.randn(rows, hidden, device=device, generator=g)).to(dt).requires_grad_()
+    w = (torch.randn(vocab, hidden, device=device, generator=g) * hidden ** -0.5).to(dt)
+    w.requires_grad_()
+    t = torch.randint(0, vocab, (rows,), device=device, generator=g)
+    grads_bytes = (h.numel() + w.numel()) * h.element_size()
+    clock = Clock(torch, device)
+    found, missing = _gpu_contenders(torch, h, w, t)
+    out = {}
+    for name, call in found.items():
+        seconds, _ = time_call(clock, call)
+        memory = None
+        if clock.cuda:
+            h.grad = w.grad = None
+            torch.cuda.synchronize()
+            base = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+            loss = call()
+            torch.cuda.synchronize()
+            memory = max(int(torch.cuda.max_memory_allocated() - base - grads_bytes), 0)
+        else:
+            loss = call()
+        out[name] = (seconds, memory, float(loss.detach()))
+    return out, missing
+
+
+def format_gpu_table(results, missing, rows, hidden, vocab, dtype):
+    lines = [f"linear cross-entropy, forward + backward: N={rows} H={hidden} V={vocab} {dtype}",
+             "", "| contender | time (median) | vs. fastxent.torch | peak extra memory | loss |",
+             "|---|---:|---:|---:|---:|"]
+    base = results["fastxent.torch"][0]
+    for name, (seconds, memory, loss) in results.items():
+        mem = "n/a" if memory is None else format_bytes(memory)
+        lines.append(f"| {name} | {seconds * 1e3:.1f} ms | {seconds / base:.2f}× | {mem} | "
+                     f"{loss:.5f} |")
+    lines += [f"\n{name} not run: {why}" for name, why in missing.items()]
+    return "\n".join(lines)
+
+
 def run_from_args(args):
+    if getattr(args, "device", "cpu") == "cuda":
+        shape = dict(GPU_SHAPE)
+        for key, value in (("rows", args.rows and args.rows[0]),
+                           ("vocab", args.vocab and args.vocab[0]), ("hidden", args.hidden),
+                           ("dtype", args.dtype and args.dtype[0])):
+            if value:
+                shape[key] = value
+        results, missing = run_gpu(**shape, seed=args.seed)
+        print(format_gpu_table(results, missing, **shape))
+        return 0
     shape = dict(DEFAULT_SHAPE)
     if args.rows:
         shape["rows"] = args.rows[0]
