@@ -28,6 +28,7 @@ peak during one call, less the gradients. On ``device="cpu"`` the same code runs
 """
 
 import gc
+import sys
 import time
 
 import numpy as np
@@ -158,6 +159,9 @@ def run_gpu(rows, hidden, vocab, dtype="bfloat16", device="cuda", seed=0):
 
     from .gpu import Clock, time_call
 
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--linear --device cuda needs PyTorch with a usable CUDA GPU "
+                           f"(torch {torch.__version__} sees none)")
     g = torch.Generator(device=device).manual_seed(seed)
     dt = getattr(torch, dtype)
     h = (torch.randn(rows, hidden, device=device, generator=g)).to(dt).requires_grad_()
@@ -206,7 +210,11 @@ def run_from_args(args):
                            ("dtype", args.dtype and args.dtype[0])):
             if value:
                 shape[key] = value
-        results, missing = run_gpu(**shape, seed=args.seed)
+        try:
+            results, missing = run_gpu(**shape, seed=args.seed)
+        except RuntimeError as exc:
+            print(f"fastxent bench: {exc}", file=sys.stderr)
+            return 1
         print(format_gpu_table(results, missing, **shape))
         return 0
     shape = dict(DEFAULT_SHAPE)
