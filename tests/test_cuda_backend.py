@@ -523,3 +523,25 @@ def test_linear_cross_entropy_chunks_through_the_device_kernels(rng):
         assert got[1] == want[1]
         for a, b in zip(got[2], want[2]):
             np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("eps", [0.0, 1e-3])
+def test_categorical_terms_and_gradient_match_the_reference(rng, eps):
+    """The CUDA binary kernel's categorical kind (``-q·log p`` and ``-q/p``) with its gradient,
+    against ``reference.binary``."""
+    from fastxent.kernels import cuda as kc, reference
+    n, v = 5, 23
+    p = rng.dirichlet(np.ones(v) * 0.5, n)
+    p[0, :2] = 0.0
+    q = rng.dirichlet(np.ones(v), n)
+    rs = rng.uniform(0.5, 2.0, n)
+    want_grad = np.empty((n, v))
+    want, _ = reference.binary(2, p, q, eps=eps, grad=want_grad, scale=(rs, None))
+    stream = cuda.default_stream()
+    grad = cuda.device_array((n, v), np.float64)
+    total = cuda.device_array(1, np.float64)
+    flag = kc.binary(2, cuda.to_device(p), cuda.to_device(q), (None, None, None), None, eps, None,
+                     grad, (cuda.to_device(rs), None), 1.0, total, stream)
+    assert int(flag.copy_to_host()[0]) == 0
+    np.testing.assert_allclose(total.copy_to_host()[0], want.sum(), rtol=1e-12)
+    np.testing.assert_allclose(grad.copy_to_host(), want_grad, rtol=1e-12, atol=1e-300)

@@ -80,7 +80,10 @@ def _term(kind, x, y, pw, eps, one):
     if not ok:
         return zero, zero, False
     log_p, _ = _logs(x, eps, one)
-    return (zero if y == zero else -y * log_p), zero, True
+    # d/dp = -q/p where the log moves with p: not clipped to [eps, 1 - eps], not clamped at -100
+    moves = (x > eps and x < one - eps) if eps > zero else log_p > zero - 100
+    d = -y / x if moves and y != zero else zero
+    return (zero if y == zero else -y * log_p), d, True
 
 
 @cuda.jit(**_DEVICE)
