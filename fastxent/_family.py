@@ -446,11 +446,13 @@ def _from_probs(probs, targets, weight, sample_weight, ignore_index, reduction, 
         denom_w[valid] = cw
         if go is not None:
             rs = _row_scale(go, red, sw, float(np.sum(sw * denom_w)), lead)
-            g = np.zeros(flat.shape)
+            # zeros but at each target: only those N values are computed and encoded
+            grad = np.zeros(a.shape, a.dtype)
+            gv = _rows(grad)
+            at_target = np.empty(pt.shape, gv.dtype)
             with np.errstate(divide="ignore", invalid="ignore"):
-                g[at] = np.where(moves, -cw * rs[valid] / pt, 0.0)
-            grad = np.empty(a.shape, a.dtype)
-            _dtypes.encode_into(_rows(grad), g)
+                _dtypes.encode_into(at_target, np.where(moves, -cw * rs[valid] / pt, 0.0))
+            gv[at] = at_target
     losses = rows * sw
     if red == "none":
         loss = losses.astype(compute_dtype(a.dtype)).reshape(lead)
@@ -501,14 +503,20 @@ def entropy(x, *, kind="logits", eps=None, backend="auto"):
     be = _host_only("entropy", backend, x)
     xs = _rows(a)
     if _kind(kind) == "logits":
-        codes = np.full(xs.shape[0], ABSENT, np.int64)
-        stats, ints = be.token_partials(xs, codes)
-        ent = finish(stats, ints, np.zeros(xs.shape[0], bool))[2]
+        ent, _ = _entropy_and_lse(be, xs)
     else:
         ent, bad = be.binary(CATEGORICAL, xs, xs, eps=_eps(eps, a.dtype))
         if bad:
             _raise_out_of_range([("x", a, False)])
     return ent.astype(compute_dtype(a.dtype)).reshape(a.shape[:-1])
+
+
+def _entropy_and_lse(be, xs):
+    """Each row's entropy of softmax and log-sum-exp (float64), from one statistics pass."""
+    codes = np.full(xs.shape[0], ABSENT, np.int64)
+    stats, ints = be.token_partials(xs, codes)
+    _, lse, ent, _, _ = finish(stats, ints, np.zeros(xs.shape[0], bool))
+    return ent, lse
 
 
 def kl_divergence(p, q, *, kind="logits", reduction="none", eps=None, backend="auto"):
@@ -530,15 +538,9 @@ def kl_divergence(p, q, *, kind="logits", reduction="none", eps=None, backend="a
     >>> float(fx.kl_divergence(np.log(P), np.log(Q)).round(6))   # the same from logits
     0.510826
     """
-    a = _checks.logits_array(p, name="p")
-    b = _checks.logits_array(q, name="q")
-    red = _checks.reduction(reduction)
-    if a.shape != b.shape:
-        raise ValueError(f"p and q must have the same shape, got {a.shape} and {b.shape}")
-    _checks.classes(a.shape)
-    be = _host_only("kl_divergence", backend, p)
+    a, b, red, be = _pair(p, q, reduction, backend, "kl_divergence")
     if _kind(kind) == "logits":
-        kl = be.kl_logits(_rows(a), _rows(b))
+        kl = be.kl_logits(_rows(a), _rows(b))[:, 0]
     else:
         clip_a, clip_b = _eps(eps, a.dtype), _eps(eps, b.dtype)
         cross, bad_b = be.binary(CATEGORICAL, _rows(b), _rows(a), eps=clip_b)
@@ -546,35 +548,39 @@ def kl_divergence(p, q, *, kind="logits", reduction="none", eps=None, backend="a
         if bad_a or bad_b:
             _raise_out_of_range([("p", a, False), ("q", b, False)])
         kl = np.maximum(cross - ent, 0.0)
+    return _reduce_rows(kl, red, a)
+
+
+def _pair(p, q, reduction, backend, name):
+    """(p, q as arrays, reduction, backend) of a divergence, checked."""
+    a = _checks.logits_array(p, name="p")
+    b = _checks.logits_array(q, name="q")
+    red = _checks.reduction(reduction)
+    if a.shape != b.shape:
+        raise ValueError(f"p and q must have the same shape, got {a.shape} and {b.shape}")
+    _checks.classes(a.shape)
+    return a, b, red, _host_only(name, backend, p)
+
+
+def _reduce_rows(values, red, a):
+    """Per-row float64 values as the reduction asks: an array in the compute type of ``a``
+    (shape ``a.shape[:-1]``), their sum or their mean."""
     if red == "none":
-        return kl.astype(compute_dtype(a.dtype)).reshape(a.shape[:-1])
-    total = float(np.sum(kl))
-    return total if red == "sum" else (total / kl.size if kl.size else float("nan"))
+        return values.astype(compute_dtype(a.dtype)).reshape(a.shape[:-1])
+    total = float(np.sum(values))
+    return total if red == "sum" else (total / values.size if values.size else float("nan"))
 
 
 
 
-def _softmax_grads(x, y, value, grad_output, red, backend, name):
-    """Gradients of ``grad_output·value`` (the per-row entropy of softmax(x), or KL(softmax(x) ||
-    softmax(y))) with respect to x (and y): one log-sum-exp pass per array, then one pass that
-    writes the gradients."""
-    a = _checks.logits_array(x, name="x" if y is None else "p")
-    lead = a.shape[:-1]
-    go = _checks.grad_output(grad_output, red, lead)
-    n = int(np.prod(lead))
-    if red == "none":
-        go = np.broadcast_to(go, lead).reshape(-1)
-    else:
-        go = np.full(n, go / n if red == "mean" else go)
-    be = _host_only(name, backend, x)
-    xs = _rows(a)
+def _softmax_grads(be, a, xs, ys, lse_x, lse_y, value, go_rows):
+    """Gradients of ``Σ go_rows·value`` (the per-row entropy of softmax(x), or KL(softmax(x) ||
+    softmax(y))) with respect to x (and y), in ``a``'s shape and dtype: one pass that writes
+    them, from the log-sum-exps and values of the pass that computed the values."""
     gx = np.empty(a.shape, a.dtype)
-    gy = None if y is None else np.empty(a.shape, a.dtype)
-    ys = None if y is None else _rows(_checks.logits_array(y, name="q"))
-    be.softmax_grads(xs, ys, be.logsumexp(xs), None if ys is None else be.logsumexp(ys),
-                     np.asarray(value, dtype=np.float64).reshape(-1),
-                     np.ascontiguousarray(go, dtype=np.float64), _rows(gx),
-                     None if gy is None else _rows(gy))
+    gy = None if ys is None else np.empty(a.shape, a.dtype)
+    be.softmax_grads(xs, ys, lse_x, lse_y, value, np.ascontiguousarray(go_rows, np.float64),
+                     _rows(gx), None if gy is None else _rows(gy))
     return gx, gy
 
 
@@ -602,8 +608,16 @@ def entropy_with_grad(x, *, kind="logits", grad_output=1.0, backend="auto"):
     (array([1.0397]), array([[-0.1733,  0.0866,  0.0866]]))
     """
     _logits_only(kind, "entropy_with_grad")
-    h = entropy(x, backend=backend)
-    return h, _softmax_grads(x, None, h, grad_output, "none", backend, "entropy_with_grad")[0]
+    a = _checks.logits_array(x, name="x")
+    _checks.classes(a.shape)
+    lead = a.shape[:-1]
+    go = _checks.grad_output(grad_output, "none", lead)
+    be = _host_only("entropy_with_grad", backend, x)
+    xs = _rows(a)
+    ent, lse = _entropy_and_lse(be, xs)
+    rows = _row_scale(go, "none", np.ones(xs.shape[0]), None, lead)
+    grad, _ = _softmax_grads(be, a, xs, None, lse, None, ent, rows)
+    return ent.astype(compute_dtype(a.dtype)).reshape(lead), grad
 
 
 def kl_divergence_with_grad(p, q, *, kind="logits", reduction="none", grad_output=1.0,
@@ -627,10 +641,11 @@ def kl_divergence_with_grad(p, q, *, kind="logits", reduction="none", grad_outpu
     array([[ 0.4, -0.4]])
     """
     _logits_only(kind, "kl_divergence_with_grad")
-    red = _checks.reduction(reduction)
-    kl = kl_divergence(p, q, reduction="none", backend=backend)
-    grads = _softmax_grads(p, q, kl, grad_output, red, backend, "kl_divergence_with_grad")
-    if red == "none":
-        return kl, grads
-    total = float(np.sum(kl, dtype=np.float64))
-    return (total if red == "sum" else (total / kl.size if kl.size else float("nan"))), grads
+    a, b, red, be = _pair(p, q, reduction, backend, "kl_divergence_with_grad")
+    lead = a.shape[:-1]
+    go = _checks.grad_output(grad_output, red, lead)
+    xs, ys = _rows(a), _rows(b)
+    kl, lse_x, lse_y = be.kl_logits(xs, ys).T
+    rows = _row_scale(go, red, np.ones(xs.shape[0]), float(xs.shape[0]), lead)
+    grads = _softmax_grads(be, a, xs, ys, lse_x, lse_y, kl, rows)
+    return _reduce_rows(kl, red, a), grads

@@ -598,7 +598,8 @@ def binary(kind, x, targets, weights=(None, None, None), pos_weight=None, eps=0.
 
 
 def kl_logits(x, y):
-    """See ``reference.kl_logits``; the kernel is in :mod:`.cpu_divergence`."""
+    """See ``reference.kl_logits`` ((N, 3): KL and both log-sum-exps); the kernel is in
+    :mod:`.cpu_divergence`."""
     from .cpu_divergence import kl_logits as kernel
     return kernel(x, y)
 

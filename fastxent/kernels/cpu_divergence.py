@@ -99,19 +99,24 @@ def _rows(x, y, out):
                 my, sy = _merge(my, sy, np.float64(by), np.float64(sby))
             elif by != by:
                 sy = np.nan
+        lx = mx + math.log(sx) if sx > 0 else (-np.inf if sx == 0 else np.nan)
+        ly = my + math.log(sy) if sy > 0 else (-np.inf if sy == 0 else np.nan)
+        out[r, 1] = lx
+        out[r, 2] = ly
         if sx > 0 and sy > 0:
             # >= 0 in exact arithmetic; rounding may leave -1e-7 for equal distributions
-            out[r] = max(a / sx + d0 - (mx + math.log(sx)) + (my + math.log(sy)), 0.0)
+            out[r, 0] = max(a / sx + d0 - lx + ly, 0.0)
         elif sx == 0 or sy == 0:  # no mass in P (or in Q): undefined, as 0/0 (or P's mass lost)
-            out[r] = np.nan if sx == 0 else np.inf
+            out[r, 0] = np.nan if sx == 0 else np.inf
         else:
-            out[r] = np.nan
+            out[r, 0] = np.nan
 
 
 def kl_logits(x, y):
-    """See ``reference.kl_logits``: KL(softmax(x) || softmax(y)) per row, float64."""
+    """See ``reference.kl_logits``: [KL(softmax(x) || softmax(y)), lse(x), lse(y)] per row,
+    float64."""
     n = x.shape[0]
-    out = np.empty(n)
+    out = np.empty((n, 3))
     if n:
         with parallel_guard() as parallel:
             kernel = _rows if parallel else _serial(_rows)

@@ -212,16 +212,19 @@ def binary(kind, x, targets, weights=(None, None, None), pos_weight=None, eps=0.
 def kl_logits(x, y):
     """KL(softmax(x) || softmax(y)) of each row of two (N, V) storage views, float64:
     ``Σ P·(x - y) - lse(x) + lse(y)`` with ``P = softmax(x)`` (classes where P is 0 weigh
-    nothing; where Q is 0 and P is not, the divergence is inf)."""
+    nothing; where Q is 0 and P is not, the divergence is inf). Returns (N, 3):
+    ``[KL, lse(x), lse(y)]``, the log-sum-exps being what the gradients need next."""
     n, v = x.shape
-    out = np.empty(n)
+    out = np.empty((n, 3))
     for rws in _row_blocks(n, v):
         a, b = decode(x[rws]), decode(y[rws])
         la, lb = _lse(a), _lse(b)
         with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
             p = np.exp(a - la[:, None])
             kl = np.sum(np.where(p > 0, p * (a - b), 0.0), axis=-1) - la + lb
-        out[rws] = np.where(np.isnan(kl), kl, np.maximum(kl, 0.0))
+        out[rws, 0] = np.where(np.isnan(kl), kl, np.maximum(kl, 0.0))
+        out[rws, 1] = la
+        out[rws, 2] = lb
     return out
 
 
