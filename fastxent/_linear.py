@@ -21,7 +21,7 @@ import numbers
 
 import numpy as np
 
-from . import _api, _checks, _dtypes
+from . import _api, _arrays, _checks, _dtypes
 
 #: bytes of logits per chunk when ``chunk_size`` is not given. Each chunk streams the weight
 #: through three products, and BLAS loses efficiency with few rows: on a 2-core CPU with
@@ -125,8 +125,8 @@ def run(ops, h, w, b, t, cw, options, reduction, rows, grad, grad_output=1.0):
     grads = None
     if grad:
         want = (True, True, True) if grad is True else grad
-        grads = tuple(None if a is None or not wanted else ops.zeros(a.shape, a.dtype)
-                      for a, wanted in zip((h, w, b), want))
+        grads = tuple(None if a is None or not wanted else ops.zeros(a.shape, dtype)
+                      for a, wanted, dtype in zip((h, w, b), want, ops.grad_dtypes(h, w, b)))
     buf = None
     for idx in _chunks(t, rows):
         m = idx.stop - idx.start if isinstance(idx, slice) else idx.size
@@ -178,6 +178,11 @@ class _NumpyOps:
     @staticmethod
     def loss_dtype(h):
         return np.float64
+
+    @staticmethod
+    def grad_dtypes(h, w, b):
+        """The dtypes the three gradients are accumulated in: the arrays' own."""
+        return (h.dtype, w.dtype, None if b is None else b.dtype)
 
     @staticmethod
     def take(h, idx):
@@ -232,6 +237,12 @@ _FLOATS = ("float32", "float64")
 
 def _prepare(hidden, weight, targets_, bias, reduction, ignore_index, ce_weight, label_smoothing,
              z_loss, softcap, chunk_size, backend):
+    for name, a in (("hidden", hidden), ("weight", weight), ("bias", bias)):
+        if _arrays.is_device(a) or getattr(a, "is_cuda", False):
+            raise TypeError(f"{name} is a GPU array ({type(a).__name__}): "
+                            "fx.linear_cross_entropy takes host arrays; for CUDA tensors use "
+                            "fastxent.torch.linear_cross_entropy (a CuPy array converts with "
+                            "torch.from_dlpack, without a copy)")
     h = np.asarray(hidden)
     w = np.asarray(weight)
     b = None if bias is None else np.asarray(bias)

@@ -20,11 +20,18 @@ from ._torch_support import _host, _no_double_backward, _scaled
 
 
 class _TorchOps:
-    """The products of :func:`fastxent._linear.run` with PyTorch, on the tensors' device."""
+    """The products of :func:`fastxent._linear.run` with PyTorch, on the tensors' device;
+    ``accum``: the dtype the weight's and bias's gradients are accumulated in (None: theirs)."""
 
-    def __init__(self, device):
+    #: bytes of the temporary product of one block of classes, when the weight's gradient is
+    #: accumulated in a wider dtype than the products' and PyTorch has no ``out_dtype`` for them
+    BLOCK_BYTES = 16 << 20
+
+    def __init__(self, device, accum=None):
         self.device = device
         self.cuda = device.type == "cuda"
+        self.accum = accum
+        self.out_dtype = True  # until PyTorch says the device has no addmm with out_dtype
 
     def zeros(self, shape, dtype):
         return torch.zeros(shape, dtype=dtype, device=self.device)
@@ -35,6 +42,10 @@ class _TorchOps:
     @staticmethod
     def loss_dtype(h):
         return torch.float64
+
+    def grad_dtypes(self, h, w, b):
+        wide = self.accum or w.dtype
+        return (h.dtype, wide, None if b is None else wide)
 
     def _index(self, idx):
         return torch.as_tensor(idx, device=self.device)
@@ -72,10 +83,42 @@ class _TorchOps:
             torch.matmul(g, w, out=gh[idx])
         elif gh is not None:
             gh[self._index(idx)] = g @ w
-        if gw is not None:
+        if gw is not None and gw.dtype == g.dtype:
             gw.addmm_(g.T, hc)
+        elif gw is not None:
+            self._accumulate_wide(gw, g, hc)
         if gb is not None:
             gb += g.sum(dim=0, dtype=torch.float32 if g.dtype.itemsize < 4 else g.dtype).to(gb)
+
+
+    def _accumulate_wide(self, gw, g, hc):
+        """``gw += gᵀ·hc`` with ``gw`` wider than ``g``: the product in ``g``'s dtype, added
+        in ``gw``'s. In one call where PyTorch has ``addmm`` with ``out_dtype`` (CUDA), else by
+        blocks of classes (one temporary of ``BLOCK_BYTES``)."""
+        if self.out_dtype:
+            try:
+                torch.addmm(gw, g.T, hc, out_dtype=gw.dtype, out=gw)
+                return
+            except (RuntimeError, TypeError):  # no such kernel on this device or version
+                self.out_dtype = False
+        step = max(1, self.BLOCK_BYTES // max(1, gw.shape[1] * g.element_size()))
+        for s in range(0, gw.shape[0], step):
+            gw[s:s + step] += g[:, s:s + step].T @ hc
+
+
+def _accum_dtype(accum_dtype, dtype):
+    """The dtype to accumulate the weight's gradient in: None (the weight's own) or a wider
+    floating dtype."""
+    if accum_dtype is None or accum_dtype == dtype:
+        return None
+    if not isinstance(accum_dtype, torch.dtype) or accum_dtype not in (torch.float32,
+                                                                       torch.float64):
+        raise ValueError(f"accum_dtype={accum_dtype!r} must be None (the weight's dtype), "
+                         "torch.float32 or torch.float64")
+    if accum_dtype.itemsize < dtype.itemsize:
+        raise ValueError(f"accum_dtype={accum_dtype} is narrower than the weight's {dtype}: "
+                         "the gradient is accumulated in the weight's dtype or a wider one")
+    return accum_dtype
 
 
 def _check(hidden, weight, bias, target):
@@ -97,7 +140,7 @@ def _check(hidden, weight, bias, target):
 
 
 def _prepare(hidden, weight, target, bias, ce_weight, ignore_index, label_smoothing, z_loss,
-             softcap, chunk_size):
+             softcap, chunk_size, accum_dtype):
     """What :func:`fastxent._linear.run` takes, from the operators' arguments."""
     lead, hdim, v = _check(hidden, weight, bias, target)
     t = _linear.targets(target.detach().cpu().numpy(), lead, v, ignore_index)
@@ -114,7 +157,8 @@ def _prepare(hidden, weight, target, bias, ce_weight, ignore_index, label_smooth
     h = hidden.detach().reshape(int(np.prod(lead)), hdim).contiguous()
     w = weight.detach().contiguous()
     b = None if bias is None else bias.detach().contiguous()
-    return lead, (_TorchOps(hidden.device), h, w, b, t, cw_host, options), rows
+    ops = _TorchOps(hidden.device, _accum_dtype(accum_dtype, hidden.dtype))
+    return lead, (ops, h, w, b, t, cw_host, options), rows
 
 
 def _none_like(t):
@@ -125,13 +169,13 @@ def _none_like(t):
 def _linear_op(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor,
                bias: Optional[torch.Tensor], ce_weight: Optional[torch.Tensor], reduction: str,
                ignore_index: int, label_smoothing: float, z_loss: float,
-               softcap: Optional[float], chunk_size: Optional[int], grad_hidden: bool,
-               grad_weight: bool,
+               softcap: Optional[float], chunk_size: Optional[int],
+               accum_dtype: Optional[torch.dtype], grad_hidden: bool, grad_weight: bool,
                grad_bias: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(loss, g_hidden, g_weight, g_bias): the gradients of ``loss`` asked for by the three
     flags, empty tensors for the others (and for g_bias without a bias)."""
     lead, args, rows = _prepare(hidden, weight, target, bias, ce_weight, ignore_index,
-                                label_smoothing, z_loss, softcap, chunk_size)
+                                label_smoothing, z_loss, softcap, chunk_size, accum_dtype)
     want = (grad_hidden, grad_weight, grad_bias)
     losses, finish, grads = _linear.run(*args, reduction, rows, grad=any(want) and want)
     if reduction == "none":
@@ -145,7 +189,8 @@ def _results(hidden, weight, grads):
     """The three gradient outputs of the operators: empty tensors for those not computed."""
     gh, gw, gb = grads or (None, None, None)
     return (_none_like(hidden) if gh is None else gh.reshape(hidden.shape),
-            _none_like(weight) if gw is None else gw, _none_like(hidden) if gb is None else gb)
+            _none_like(weight) if gw is None else gw.to(weight.dtype),
+            _none_like(hidden) if gb is None else gb.to(hidden.dtype))
 
 
 def _fake_results(hidden, weight, bias, want):
@@ -156,8 +201,8 @@ def _fake_results(hidden, weight, bias, want):
 
 @_linear_op.register_fake
 def _linear_fake(hidden, weight, target, bias, ce_weight, reduction, ignore_index,
-                 label_smoothing, z_loss, softcap, chunk_size, grad_hidden, grad_weight,
-                 grad_bias):
+                 label_smoothing, z_loss, softcap, chunk_size, accum_dtype, grad_hidden,
+                 grad_weight, grad_bias):
     loss = hidden.new_empty(hidden.shape[:-1] if reduction == "none" else ())
     return (loss,) + _fake_results(hidden, weight, bias, (grad_hidden, grad_weight, grad_bias))
 
@@ -167,13 +212,14 @@ def _linear_backward_op(hidden: torch.Tensor, weight: torch.Tensor, target: torc
                         bias: Optional[torch.Tensor], ce_weight: Optional[torch.Tensor],
                         grad_loss: torch.Tensor, ignore_index: int, label_smoothing: float,
                         z_loss: float, softcap: Optional[float], chunk_size: Optional[int],
+                        accum_dtype: Optional[torch.dtype],
                         grad_hidden: bool, grad_weight: bool, grad_bias: bool
                         ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The gradients of ``Σ grad_loss·loss`` for reduction="none" (those the flags ask for): a
     second walk over the chunks, since a per-row upstream gradient enters g_weight inside its
     product."""
     _, args, rows = _prepare(hidden, weight, target, bias, ce_weight, ignore_index,
-                             label_smoothing, z_loss, softcap, chunk_size)
+                             label_smoothing, z_loss, softcap, chunk_size, accum_dtype)
     go = grad_loss.detach().reshape(-1).to(torch.float64)
     want = (grad_hidden, grad_weight, grad_bias)
     _, _, grads = _linear.run(*args, "none", rows, grad=want, grad_output=go)
@@ -182,17 +228,17 @@ def _linear_backward_op(hidden: torch.Tensor, weight: torch.Tensor, target: torc
 
 @_linear_backward_op.register_fake
 def _linear_backward_fake(hidden, weight, target, bias, ce_weight, grad_loss, ignore_index,
-                          label_smoothing, z_loss, softcap, chunk_size, grad_hidden, grad_weight,
-                          grad_bias):
+                          label_smoothing, z_loss, softcap, chunk_size, accum_dtype, grad_hidden,
+                          grad_weight, grad_bias):
     return _fake_results(hidden, weight, bias, (grad_hidden, grad_weight, grad_bias))
 
 
 def _setup(ctx, inputs, output):
     (hidden, weight, target, bias, ce_weight, reduction, ignore_index, label_smoothing, z_loss,
-     softcap, chunk_size, *want) = inputs
+     softcap, chunk_size, accum_dtype, *want) = inputs
     ctx.eager = grad = any(want)
     ctx.has_bias = bias is not None
-    ctx.options = (ignore_index, label_smoothing, z_loss, softcap, chunk_size)
+    ctx.options = (ignore_index, label_smoothing, z_loss, softcap, chunk_size, accum_dtype)
     if grad:  # the gradients, computed with the loss; scaled in backward
         ctx.save_for_backward(*output[1:])
     else:  # the inputs, for the second walk
@@ -209,7 +255,7 @@ def _backward(ctx, grad_loss, *_grads_of_grads):
     else:
         grads = _linear_backward_op(*ctx.saved_tensors, grad_loss, *ctx.options, *want)
     gh, gw, gb = (g if wanted else None for g, wanted in zip(grads, want))
-    return (gh, gw, None, gb) + (None,) * 10
+    return (gh, gw, None, gb) + (None,) * 11
 
 
 _linear_op.register_autograd(_backward, setup_context=_setup)
@@ -217,7 +263,7 @@ _linear_op.register_autograd(_backward, setup_context=_setup)
 
 def linear_cross_entropy(hidden, weight, target, bias=None, *, reduction="mean",
                          ignore_index=-100, ce_weight=None, label_smoothing=0.0, z_loss=0.0,
-                         softcap=None, chunk_size=None):
+                         softcap=None, chunk_size=None, accum_dtype=None):
     """``F.cross_entropy(hidden @ weight.T + bias, target, ...)`` without the logits.
 
     Parameters
@@ -238,6 +284,11 @@ def linear_cross_entropy(hidden, weight, target, bias=None, *, reduction="mean",
         As :func:`fastxent.torch.cross_entropy`.
     chunk_size : int, optional
         Rows of logits per chunk; by default as many as fit in 64 MiB.
+    accum_dtype : torch.dtype, optional
+        The dtype the gradients of ``weight`` and ``bias`` are summed in over the chunks: None
+        (their own dtype) or ``torch.float32`` (or ``float64``), which for bfloat16 and float16
+        weights rounds the gradient once instead of once per chunk, at the cost of a float32
+        copy of the weight's size and of reading and writing it once per chunk.
 
     Returns
     -------
@@ -247,8 +298,9 @@ def linear_cross_entropy(hidden, weight, target, bias=None, *, reduction="mean",
 
     Notes
     -----
-    The weight's gradient is accumulated chunk by chunk in the weight's dtype, as Liger-Kernel
-    does: for bfloat16 it is rounded once per chunk instead of once.
+    By default the weight's gradient is accumulated chunk by chunk in the weight's dtype, as
+    Liger-Kernel does: for bfloat16 it is rounded once per chunk instead of once, and its error
+    grows with the number of chunks (``accum_dtype=torch.float32`` avoids that).
 
     Examples
     --------
@@ -267,6 +319,7 @@ def linear_cross_entropy(hidden, weight, target, bias=None, *, reduction="mean",
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"reduction={reduction!r} is not one of 'mean', 'sum', 'none'")
     _check(hidden, weight, bias, target)
+    _accum_dtype(accum_dtype, hidden.dtype)
     if ce_weight is not None and not isinstance(ce_weight, torch.Tensor):
         raise TypeError(f"ce_weight must be a torch.Tensor, got {type(ce_weight).__name__}")
     if ce_weight is not None and ce_weight.requires_grad:
@@ -276,7 +329,8 @@ def linear_cross_entropy(hidden, weight, target, bias=None, *, reduction="mean",
     want = [eager and t is not None and t.requires_grad for t in (hidden, weight, bias)]
     return _linear_op(hidden, weight, target, bias, ce_weight, reduction, int(ignore_index),
                       float(label_smoothing), float(z_loss),
-                      None if softcap is None else float(softcap), chunk_size, *want)[0]
+                      None if softcap is None else float(softcap), chunk_size, accum_dtype,
+                      *want)[0]
 
 
 class LinearCrossEntropyLoss(torch.nn.Module):
@@ -292,7 +346,7 @@ class LinearCrossEntropyLoss(torch.nn.Module):
     """
 
     def __init__(self, ce_weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0,
-                 *, z_loss=0.0, softcap=None, chunk_size=None):
+                 *, z_loss=0.0, softcap=None, chunk_size=None, accum_dtype=None):
         super().__init__()
         self.register_buffer("ce_weight", ce_weight)
         self.ignore_index = ignore_index
@@ -301,14 +355,17 @@ class LinearCrossEntropyLoss(torch.nn.Module):
         self.z_loss = z_loss
         self.softcap = softcap
         self.chunk_size = chunk_size
+        self.accum_dtype = accum_dtype
 
     def forward(self, hidden, weight, target, bias=None):
         return linear_cross_entropy(hidden, weight, target, bias, reduction=self.reduction,
                                     ignore_index=self.ignore_index, ce_weight=self.ce_weight,
                                     label_smoothing=self.label_smoothing, z_loss=self.z_loss,
-                                    softcap=self.softcap, chunk_size=self.chunk_size)
+                                    softcap=self.softcap, chunk_size=self.chunk_size,
+                                    accum_dtype=self.accum_dtype)
 
     def extra_repr(self):
         return (f"ignore_index={self.ignore_index}, reduction={self.reduction!r}, "
                 f"label_smoothing={self.label_smoothing}, z_loss={self.z_loss}, "
-                f"softcap={self.softcap}, chunk_size={self.chunk_size}")
+                f"softcap={self.softcap}, chunk_size={self.chunk_size}, "
+                f"accum_dtype={self.accum_dtype}")

@@ -238,6 +238,19 @@ def test_bad_input(rng, call, error, match):
         call(hidden, weight, t)
 
 
+def test_gpu_arrays_are_sent_to_the_torch_function(rng):
+    hidden, weight, _, t, _ = problem(rng, bias=False)
+
+    class DeviceArray:  # what CuPy and Numba's device arrays export
+        __cuda_array_interface__ = {"shape": hidden.shape, "typestr": "<f8", "version": 3,
+                                    "data": (0, False)}
+
+    with pytest.raises(TypeError, match="hidden is a GPU array .*fastxent.torch"):
+        fx.linear_cross_entropy(DeviceArray(), weight, t)
+    with pytest.raises(TypeError, match="weight is a GPU array"):
+        fx.linear_cross_entropy_with_grad(hidden, DeviceArray(), t)
+
+
 def test_inputs_are_not_modified(rng):
     hidden, weight, b, t, _ = problem(rng)
     copies = [a.copy() for a in (hidden, weight, b, t)]
@@ -293,6 +306,41 @@ def test_torch_bfloat16(rng):
     close(loss.detach().float().numpy(), ref, 2e-2)
     for g, r in zip(grads, ref_grads):
         close(g.float().numpy(), r, 3e-2)
+
+
+def test_torch_bfloat16_accumulated_in_float32(rng):
+    """Many chunks: a bfloat16 weight gradient summed in bfloat16 is rounded once per chunk;
+    with accum_dtype=float32 its error is that of a single chunk."""
+    hidden, weight, b, t, _ = problem(rng, lead=(1024,), h=64, v=256, ignored=0.0)
+    rounded = [torch.tensor(a).to(torch.bfloat16).double().numpy() for a in (hidden, weight, b)]
+    _, (_, ref_w, ref_b) = reference(*rounded, t, None, reduction="sum")
+
+    def error(chunk_size, accum_dtype=None):
+        _, (_, gw, gb) = torch_run(*rounded, t, torch.bfloat16, chunk_size=chunk_size,
+                                   reduction="sum", accum_dtype=accum_dtype)
+        assert gw.dtype == gb.dtype == torch.bfloat16
+        return np.array([np.linalg.norm(g.double().numpy() - r) / np.linalg.norm(r)
+                         for g, r in ((gw, ref_w), (gb, ref_b))])
+
+    single, per_chunk, once = error(1024), error(8), error(8, torch.float32)
+    assert np.all(per_chunk > 1.4 * single)
+    assert np.all(once < 1.1 * single)
+
+
+def test_accum_dtype_checked_and_float32_unchanged(rng):
+    hidden, weight, b, t, _ = problem(rng)
+    plain = torch_run(hidden, weight, b, t, torch.float32)
+    same = torch_run(hidden, weight, b, t, torch.float32, accum_dtype=torch.float32)
+    wide = torch_run(hidden, weight, b, t, torch.float32, accum_dtype=torch.float64)
+    for g, g_same, g_wide in zip(plain[1], same[1], wide[1]):
+        assert torch.equal(g, g_same) and g_wide.dtype == torch.float32
+        close(g_wide.numpy(), g.double().numpy(), RTOL32)
+    h, w = torch.tensor(hidden), torch.tensor(weight)  # float64
+    for bad, match in ((torch.float32, "narrower than the weight's torch.float64"),
+                       (torch.bfloat16, "None .the weight's dtype., torch.float32"),
+                       ("float32", "accum_dtype"), (torch.int32, "accum_dtype")):
+        with pytest.raises(ValueError, match=match):
+            fxt.linear_cross_entropy(h, w, torch.tensor(t), accum_dtype=bad)
 
 
 def test_torch_no_grad_and_module(rng):
@@ -392,14 +440,14 @@ def test_torch_custom_ops_pass_opcheck(rng, reduction):
     bt = torch.tensor(b, requires_grad=True)
     tt, cwt = torch.tensor(t), torch.tensor(cw)
     eager = reduction != "none"
-    args = (h, w, tt, bt, cwt, reduction, -100, 0.1, 1e-3, None, 4, eager, eager, eager)
+    args = (h, w, tt, bt, cwt, reduction, -100, 0.1, 1e-3, None, 4, None, eager, eager, eager)
     results = torch.library.opcheck(_linear_op, args)
     assert set(results.values()) == {"SUCCESS"}, results
     go = torch.rand(9, dtype=torch.float64)
     # (no autograd of its own: it is only called from a backward pass)
     results = torch.library.opcheck(_linear_backward_op, (h.detach(), w.detach(), tt, bt.detach(),
                                                           cwt, go, -100, 0.1, 1e-3, None, 4,
-                                                          True, False, True))
+                                                          torch.float64, True, False, True))
     assert set(results.values()) == {"SUCCESS"}, results
 
 
