@@ -114,8 +114,13 @@ def _overlaps(ad, a, b):
 
 
 def cross_entropy(logits, targets, *, reduction, ignore_index, weight, label_smoothing, z_loss,
-                  softcap, grad=False, grad_output=1.0, out=None, inplace=False):
-    """``_api.cross_entropy`` (``grad=False``) or ``_api.cross_entropy_with_grad`` on the GPU."""
+                  softcap, grad=False, grad_output=1.0, out=None, inplace=False,
+                  checked_targets=False):
+    """``_api.cross_entropy`` (``grad=False``) or ``_api.cross_entropy_with_grad`` on the GPU.
+
+    ``checked_targets``: the caller has checked the class indices on the host, so the call does
+    not wait for the kernel's out-of-range flag (its one synchronization) and returns with its
+    work queued."""
     red = _checks.reduction(reduction)
     ignore = _checks.ignore_index(ignore_index)
     eps = _checks.real(label_smoothing, "label_smoothing", low=0.0, high=1.0)
@@ -148,7 +153,7 @@ def cross_entropy(logits, targets, *, reduction, ignore_index, weight, label_smo
     bad = be.run(x, be.INDEX if kind == "index" else be.PROBS, t if kind == "index" else None,
                  ignore, t if kind == "prob" else None, w, eps, z, cap, eps > 0, red, go, go_rows,
                  grad_view, ad.view(res), stream, ad.scratch)
-    if kind == "index":
+    if kind == "index" and not checked_targets:
         _raise_bad_target(bad, t, lead, v, ignore, stream)
     loss = ad.reshape(res, lead) if red == "none" else ad.scalar(res)
     if not grad:

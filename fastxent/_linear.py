@@ -128,21 +128,22 @@ def run(ops, h, w, b, t, cw, options, reduction, rows, grad, grad_output=1.0):
         grads = tuple(None if a is None or not wanted else ops.zeros(a.shape, dtype)
                       for a, wanted, dtype in zip((h, w, b), want, ops.grad_dtypes(h, w, b)))
     buf = None
-    for idx in _chunks(t, rows):
-        m = idx.stop - idx.start if isinstance(idx, slice) else idx.size
+    # the targets and the chunks' row indices go to the device once, before the first product
+    td = ops.targets(t)
+    for idx in [i if isinstance(i, slice) else ops.index(i) for i in _chunks(t, rows)]:
+        m = idx.stop - idx.start if isinstance(idx, slice) else len(idx)
         if buf is None or buf.shape[0] < m:
             buf = ops.empty((m, v), h.dtype)
         x = buf[:m]
         hc = h[idx] if isinstance(idx, slice) else ops.take(h, idx)
         ops.logits(hc, w, b, x)
-        tc = ops.targets(t[idx])
+        tc = td[idx]
         if grad:
             s = ops.rows(scale, idx) if getattr(scale, "ndim", 0) else scale
-            loss, _ = _api.cross_entropy_with_grad(ops.kernel(x), tc, reduction="none",
-                                                   grad_output=s, inplace=True, **opts)
+            loss = ops.fused(x, tc, s, opts)
             ops.gradients(grads, x, w, hc, idx)
         else:
-            loss = _api.cross_entropy(ops.kernel(x), tc, reduction="none", **opts)
+            loss = ops.loss(x, tc, opts)
         ops.put(losses, idx, loss)
     return losses, finish, grads
 
@@ -192,11 +193,24 @@ class _NumpyOps:
     rows = take
 
     @staticmethod
-    def kernel(x):
-        """What fastxent's kernels take for an array (the chunk's logits, its targets)."""
-        return x
+    def targets(t):
+        """The targets, and the row indices of a chunk, where the kernels and products take
+        them."""
+        return t
 
-    targets = kernel
+    index = targets
+
+    @staticmethod
+    def fused(x, t, scale, options):
+        """The per-row losses of logits ``x`` (scaled by ``scale``), whose gradient replaces
+        them."""
+        return _api.cross_entropy_with_grad(x, t, reduction="none", grad_output=scale,
+                                            inplace=True, **options)[0]
+
+    @staticmethod
+    def loss(x, t, options):
+        """The per-row losses of logits ``x``."""
+        return _api.cross_entropy(x, t, reduction="none", **options)
 
     @staticmethod
     def put(losses, idx, loss):

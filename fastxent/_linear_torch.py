@@ -15,7 +15,7 @@ from typing import Optional, Tuple
 import numpy as np
 import torch
 
-from . import _linear
+from . import _device, _linear
 from ._torch_support import _host, _no_double_backward, _scaled
 
 
@@ -48,20 +48,32 @@ class _TorchOps:
         return (h.dtype, wide, None if b is None else wide)
 
     def _index(self, idx):
-        return torch.as_tensor(idx, device=self.device)
+        return idx if isinstance(idx, torch.Tensor) else torch.as_tensor(idx, device=self.device)
 
     def take(self, h, idx):
         return h[self._index(idx)]
 
     def targets(self, t):
+        """The targets, on the device for CUDA (one copy, before the first chunk)."""
         return torch.as_tensor(t, device=self.device) if self.cuda else t
+
+    index = targets
+
+    def fused(self, x, t, scale, options):
+        if not self.cuda:
+            return _linear._NumpyOps.fused(_host(x), t, scale, options)
+        # the targets were checked on the host: the call queues its kernels without waiting
+        return _device.cross_entropy(x, t, reduction="none", grad=True, grad_output=scale,
+                                     inplace=True, checked_targets=True, **options)[0]
+
+    def loss(self, x, t, options):
+        if not self.cuda:
+            return _linear._NumpyOps.loss(_host(x), t, options)
+        return _device.cross_entropy(x, t, reduction="none", checked_targets=True, **options)
 
     def rows(self, a, idx):
         part = a[idx] if isinstance(idx, slice) else a[self._index(idx)]
         return part if self.cuda else part.cpu().numpy()
-
-    def kernel(self, x):
-        return x if self.cuda else _host(x)
 
     def put(self, losses, idx, loss):
         loss = torch.as_tensor(loss, device=self.device).to(torch.float64)

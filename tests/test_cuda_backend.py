@@ -482,11 +482,11 @@ def test_bce_of_device_arrays_and_probabilities(rng):
 
 
 
-def test_linear_cross_entropy_chunks_through_the_device_kernels(rng):
+def test_linear_cross_entropy_chunks_through_the_device_kernels(rng, monkeypatch):
     """The fused linear cross-entropy's loop (``fastxent._linear.run``) with each chunk's logits
     in a device array: the CUDA kernel's per-row losses, per-row upstream gradients and in-place
     gradient, as ``fastxent.torch`` uses them for CUDA tensors, against the CPU loop."""
-    from fastxent import _linear
+    from fastxent import _device, _linear
 
     class DeviceOps(_linear._NumpyOps):
         """NumPy's products on the host; each chunk's logits and gradient on the device."""
@@ -507,6 +507,16 @@ def test_linear_cross_entropy_chunks_through_the_device_kernels(rng):
         def put(losses, idx, loss):
             losses[idx] = loss.copy_to_host()
 
+        @staticmethod
+        def fused(x, t, scale, options):  # as fastxent.torch calls it for CUDA tensors
+            return _device.cross_entropy(x, t, reduction="none", grad=True, grad_output=scale,
+                                         inplace=True, checked_targets=True, **options)[0]
+
+        @staticmethod
+        def loss(x, t, options):
+            return _device.cross_entropy(x, t, reduction="none", checked_targets=True,
+                                         **options)
+
     n, h, v = 21, 6, 37
     hidden = rng.standard_normal((n, h)).astype(F32)
     weight = rng.standard_normal((v, h)).astype(F32)
@@ -515,6 +525,8 @@ def test_linear_cross_entropy_chunks_through_the_device_kernels(rng):
     t[[2, 9]] = -1
     cw = rng.uniform(0.5, 2.0, v)
     options = dict(ignore_index=-100, weight=cw, label_smoothing=0.1, z_loss=1e-3, softcap=None)
+    # the targets were checked on the host: no chunk waits for the kernel's flag
+    monkeypatch.setattr(_device, "_raise_bad_target", lambda *a: pytest.fail("synchronized"))
     for reduction, go in (("mean", 1.0), ("none", rng.uniform(0.5, 2.0, n))):
         args = (hidden, weight, bias, t, cw, options, reduction, 5)
         got = _linear.run(DeviceOps(), *args, grad=True, grad_output=go)
@@ -523,6 +535,8 @@ def test_linear_cross_entropy_chunks_through_the_device_kernels(rng):
         assert got[1] == want[1]
         for a, b in zip(got[2], want[2]):
             np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6)
+        losses = _linear.run(DeviceOps(), *args, grad=False)[0]
+        np.testing.assert_allclose(losses, want[0], rtol=2e-6)
 
 
 @pytest.mark.parametrize("eps", [0.0, 1e-3])

@@ -19,9 +19,12 @@ is measured in the same process: the growth of the peak RSS during one call beyo
 before it, less the gradients it returns (what every path must allocate).
 
 With ``--device cuda`` (:func:`run_gpu`) the contenders are PyTorch CUDA tensors, by default at
-the issue's H100 case (N=8192, H=4096, V=131072, bfloat16): ``fastxent.torch``, PyTorch's
-unfused matmul + ``F.cross_entropy``, and, where installed, Liger-Kernel's
-``LigerFusedLinearCrossEntropyLoss`` and Apple's Cut Cross-Entropy (``cut_cross_entropy``).
+the H100 case of the targets (N=8192, H=4096, V=131072, bfloat16): ``fastxent.torch`` with its
+default chunks, with other chunk sizes (``GPU_CHUNKS`` rows: fewer chunks make fewer passes over
+the weight, and ``g_weight += Gᵀ·h`` with few rows is bound by memory, not by the tensor cores)
+and with ``accum_dtype=torch.float32``; PyTorch's unfused matmul + ``F.cross_entropy``; and,
+where installed, Liger-Kernel's ``LigerFusedLinearCrossEntropyLoss`` and Apple's Cut
+Cross-Entropy (``cut_cross_entropy``).
 Times come from CUDA events (``bench.gpu.Clock``) and the extra memory from PyTorch's allocator
 peak during one call, less the gradients. On ``device="cpu"`` the same code runs with host timers
 (the tests check the pipeline that way).
@@ -38,6 +41,8 @@ from .report import _size as format_bytes
 
 DEFAULT_SHAPE = dict(rows=512, hidden=1024, vocab=131072)
 GPU_SHAPE = dict(rows=8192, hidden=4096, vocab=131072, dtype="bfloat16")
+#: the other chunk sizes (rows) ``fastxent.torch`` is timed with on a GPU
+GPU_CHUNKS = (128, 384, 512, 1024)
 
 
 def _contenders(h, w, t):
@@ -135,9 +140,14 @@ def _gpu_contenders(torch, h, w, t):
             return loss
         return call
 
-    found = {"fastxent.torch": autograd(lambda: fxt.linear_cross_entropy(h, w, t)),
-             "torch": autograd(lambda: torch.nn.functional.cross_entropy(
-                 (h @ w.T).float(), t))}
+    found = {"fastxent.torch": autograd(lambda: fxt.linear_cross_entropy(h, w, t))}
+    for rows in GPU_CHUNKS:
+        found[f"fastxent.torch ({rows} rows)"] = autograd(
+            lambda rows=rows: fxt.linear_cross_entropy(h, w, t, chunk_size=rows))
+    if h.dtype.itemsize < 4:
+        found["fastxent.torch (float32 accumulation)"] = autograd(
+            lambda: fxt.linear_cross_entropy(h, w, t, accum_dtype=torch.float32))
+    found["torch"] = autograd(lambda: torch.nn.functional.cross_entropy((h @ w.T).float(), t))
     missing = {}
     try:
         from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
