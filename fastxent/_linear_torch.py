@@ -102,7 +102,6 @@ class _TorchOps:
         if gb is not None:
             gb += g.sum(dim=0, dtype=torch.float32 if g.dtype.itemsize < 4 else g.dtype).to(gb)
 
-
     def _accumulate_wide(self, gw, g, hc):
         """``gw += gᵀ·hc`` with ``gw`` wider than ``g``: the product in ``g``'s dtype, added
         in ``gw``'s. In one call where PyTorch has ``addmm`` with ``out_dtype`` (CUDA), else by

@@ -308,7 +308,8 @@ def test_torch_bfloat16(rng):
         close(g.float().numpy(), r, 3e-2)
 
 
-def test_torch_bfloat16_accumulated_in_float32(rng):
+@pytest.mark.parametrize("reduction", ["sum", "none"])
+def test_torch_bfloat16_accumulated_in_float32(rng, reduction):
     """Many chunks: a bfloat16 weight gradient summed in bfloat16 is rounded once per chunk;
     with accum_dtype=float32 its error is that of a single chunk."""
     hidden, weight, b, t, _ = problem(rng, lead=(1024,), h=64, v=256, ignored=0.0)
@@ -317,7 +318,7 @@ def test_torch_bfloat16_accumulated_in_float32(rng):
 
     def error(chunk_size, accum_dtype=None):
         _, (_, gw, gb) = torch_run(*rounded, t, torch.bfloat16, chunk_size=chunk_size,
-                                   reduction="sum", accum_dtype=accum_dtype)
+                                   reduction=reduction, accum_dtype=accum_dtype)
         assert gw.dtype == gb.dtype == torch.bfloat16
         return np.array([np.linalg.norm(g.double().numpy() - r) / np.linalg.norm(r)
                          for g, r in ((gw, ref_w), (gb, ref_b))])
