@@ -156,13 +156,16 @@ def _prepare(hidden, weight, target, bias, ce_weight, ignore_index, label_smooth
     lead, hdim, v = _check(hidden, weight, bias, target)
     t = _linear.targets(target.detach().cpu().numpy(), lead, v, ignore_index)
     cw_host = None
-    options = dict(ignore_index=ignore_index, **_linear.checked_options(
+    options = dict(ignore_index=ignore_index, weight=None, **_linear.checked_options(
         label_smoothing, z_loss, softcap))
     if ce_weight is not None:
-        cw_host = ce_weight.detach().cpu().numpy().astype(np.float64)
+        cw_host = ce_weight.detach().cpu().to(torch.float64).numpy()
         if cw_host.shape != (v,):
             raise ValueError(f"ce_weight has shape {tuple(ce_weight.shape)}, expected ({v},)")
-        options["weight"] = ce_weight.detach() if hidden.is_cuda else cw_host
+        # on a GPU: once on hidden's device, in a dtype the device kernel reads
+        wide = torch.float64 if ce_weight.dtype == torch.float64 else torch.float32
+        options["weight"] = (ce_weight.detach().to(hidden.device, wide) if hidden.is_cuda
+                             else cw_host)
     rows = _linear.chunk_rows(chunk_size, v, hidden.element_size(),
                               "cuda" if hidden.is_cuda else "cpu")
     h = hidden.detach().reshape(int(np.prod(lead)), hdim).contiguous()
@@ -297,9 +300,10 @@ def linear_cross_entropy(hidden, weight, target, bias=None, *, reduction="mean",
         Rows of logits per chunk; by default as many as fit in 64 MiB.
     accum_dtype : torch.dtype, optional
         The dtype the gradients of ``weight`` and ``bias`` are summed in over the chunks: None
-        (their own dtype) or ``torch.float32`` (or ``float64``), which for bfloat16 and float16
-        weights rounds the gradient once instead of once per chunk, at the cost of a float32
-        copy of the weight's size and of reading and writing it once per chunk.
+        (their own dtype) or ``torch.float32`` (or ``float64``): for bfloat16 and float16
+        weights the sum is then kept in float32 and rounded to the weight's dtype once, not
+        after every chunk, at the cost of a float32 array of the weight's size, read and
+        written once per chunk.
 
     Returns
     -------

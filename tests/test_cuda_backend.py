@@ -7,6 +7,7 @@ small sizes: each simulated thread is a Python thread), which ``tests/test_cuda_
 starts in a separate process. Without either they are skipped.
 """
 
+import itertools
 import os
 
 import numpy as np
@@ -522,13 +523,21 @@ def test_linear_cross_entropy_chunks_through_the_device_kernels(rng, monkeypatch
     weight = rng.standard_normal((v, h)).astype(F32)
     bias = rng.standard_normal(v).astype(F32)
     t = rng.integers(0, v, n)
-    t[[2, 9]] = -1
-    cw = rng.uniform(0.5, 2.0, v)
-    options = dict(ignore_index=-100, weight=cw, label_smoothing=0.1, z_loss=1e-3, softcap=None)
+    t[[2, 9]] = -100
+    # the options as fastxent.torch builds them, with and without class weights
+    torch = pytest.importorskip("torch")
+    from fastxent._linear_torch import _prepare
+    prepared = []
+    for cw in (rng.uniform(0.5, 2.0, v), None):
+        _, (_, _, _, _, th, cw_host, options), _ = _prepare(
+            torch.tensor(hidden), torch.tensor(weight), torch.tensor(t), torch.tensor(bias),
+            None if cw is None else torch.tensor(cw), -100, 0.1, 1e-3, 2.5, 5, None)
+        prepared.append((th, cw_host, options))
     # the targets were checked on the host: no chunk waits for the kernel's flag
     monkeypatch.setattr(_device, "_raise_bad_target", lambda *a: pytest.fail("synchronized"))
-    for reduction, go in (("mean", 1.0), ("none", rng.uniform(0.5, 2.0, n))):
-        args = (hidden, weight, bias, t, cw, options, reduction, 5)
+    for (th, cw, options), (reduction, go) in itertools.product(
+            prepared, (("mean", 1.0), ("none", rng.uniform(0.5, 2.0, n)))):
+        args = (hidden, weight, bias, th, cw, options, reduction, 5)
         got = _linear.run(DeviceOps(), *args, grad=True, grad_output=go)
         want = _linear.run(_linear._NumpyOps(), *args, grad=True, grad_output=go)
         np.testing.assert_allclose(got[0], want[0], rtol=2e-6)

@@ -404,20 +404,38 @@ def test_torch_bad_input(rng):
 
 
 @needs_gpu
+@pytest.mark.parametrize("weighted", [True, False])
 @pytest.mark.parametrize("reduction", ["mean", "none"])
-def test_torch_cuda(rng, reduction):
+def test_torch_cuda(rng, reduction, weighted):
     hidden, weight, b, t, cw = problem(rng, lead=(70,), h=24, v=500)
-    o = {"ce_weight": cw.astype(np.float32), "label_smoothing": 0.1, "z_loss": 1e-3}
-    cw = o["ce_weight"].astype(np.float64)
+    o = {"label_smoothing": 0.1, "z_loss": 1e-3}
+    cw = None
+    if weighted:
+        o["ce_weight"] = cw = rng.uniform(0.5, 2.0, weight.shape[0]).astype(np.float32)
+        cw = cw.astype(np.float64)
     go = rng.uniform(0.5, 2.0, t.shape) if reduction == "none" else 1.0
     ref, ref_grads = reference(hidden, weight, b, t, cw, reduction=reduction, grad_output=go,
-                               **{**o, "ce_weight": True})
+                               **{**o, "ce_weight": weighted})
     loss, grads = torch_run(hidden, weight, b, t, torch.float32, device="cuda", grad_output=go,
                             reduction=reduction, chunk_size=16, **o)
     close(loss.detach().cpu().numpy(), ref, 1e-5)
     for g, r in zip(grads, ref_grads):
         assert g.is_cuda
         close(g.cpu().numpy(), r, 1e-5)
+
+
+@needs_gpu
+@pytest.mark.parametrize("accum_dtype", [None, torch.float32])
+def test_torch_cuda_bfloat16(rng, accum_dtype):
+    hidden, weight, b, t, _ = problem(rng, lead=(256,), h=32, v=300)
+    rounded = [torch.tensor(a).to(torch.bfloat16).double().numpy() for a in (hidden, weight, b)]
+    ref, ref_grads = reference(*rounded, t, None)
+    loss, grads = torch_run(*rounded, t, torch.bfloat16, device="cuda", chunk_size=16,
+                            accum_dtype=accum_dtype)
+    close(loss.detach().float().cpu().numpy(), ref, 2e-2)
+    for g, r in zip(grads, ref_grads):
+        assert g.is_cuda and g.dtype == torch.bfloat16
+        close(g.float().cpu().numpy(), r, 3e-2)
 
 
 def test_bench_linear_runs():
