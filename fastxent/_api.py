@@ -69,16 +69,32 @@ def _stats(p, coef=None, grad=None):
     return p.backend.rows(p.x, p.targets, p.weight, p.softcap, p.smoothing > 0, coef, grad)
 
 
-def _loss(p, stats):
-    """Per-row losses from ``[lse, Σwqy, Σwq, Σwy]``, then the reduction."""
+def row_terms(stats, smoothing, n_classes, weight_sum, z_loss):
+    """Per-row (cross-entropy, z-loss) from the statistics ``[lse, Σwqy, Σwq, Σwy]``."""
     lse, swqy, swq, swy = stats.T
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-        ce = (1.0 - p.smoothing) * (lse * swq - swqy)
-        if p.smoothing > 0:
-            ce += p.smoothing / p.n_classes * (lse * p.weight_sum - swy)
-        zt = p.z_loss * lse * lse if p.z_loss > 0 else np.zeros_like(lse)
+        ce = (1.0 - smoothing) * (lse * swq - swqy)
+        if smoothing > 0:
+            ce += smoothing / n_classes * (lse * weight_sum - swy)
+        zt = z_loss * lse * lse if z_loss > 0 else np.zeros_like(lse)
         # a +inf logit makes PyTorch's log_softmax NaN for its whole row (inf - inf)
-        ce = np.where(lse == np.inf, np.nan, ce)
+        return np.where(lse == np.inf, np.nan, ce), zt
+
+
+def row_coefficients(scale, scale_z, valid, smoothing, n_classes, z_loss):
+    """(N, 3) float64 ``[c0, c1, c2]`` of the backends' gradient formula, for rows whose
+    upstream gradient is ``scale`` (``scale_z`` for the z-loss); zeros where not ``valid``."""
+    coef = np.zeros((valid.shape[0], 3))
+    coef[valid, 0] = scale[valid] * (1.0 - smoothing)
+    coef[valid, 1] = scale[valid] * (smoothing / n_classes)
+    coef[valid, 2] = scale_z[valid] * (2.0 * z_loss)
+    return coef
+
+
+def _loss(p, stats):
+    """Per-row losses from ``[lse, Σwqy, Σwq, Σwy]``, then the reduction."""
+    ce, zt = row_terms(stats, p.smoothing, p.n_classes, p.weight_sum, p.z_loss)
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         ce = np.where(p.valid, ce, 0.0)
         zt = np.where(p.valid, zt, 0.0)
         if p.reduction == "none":
@@ -101,12 +117,7 @@ def _coefficients(p, grad_output):
         else:
             s = np.full(n, go / np.float64(p.denom))
             s_z = np.full(n, go / np.float64(p.n_valid))
-    coef = np.zeros((n, 3))
-    v = p.valid
-    coef[v, 0] = s[v] * (1.0 - p.smoothing)
-    coef[v, 1] = s[v] * (p.smoothing / p.n_classes)
-    coef[v, 2] = s_z[v] * (2.0 * p.z_loss)
-    return coef
+    return row_coefficients(s, s_z, p.valid, p.smoothing, p.n_classes, p.z_loss)
 
 
 def cross_entropy(logits, targets, *, reduction="mean", ignore_index=-100, weight=None,

@@ -21,7 +21,7 @@ import numbers
 
 import numpy as np
 
-from . import _api, _arrays, _checks, _dtypes
+from . import _api, _arrays, _checks, _dispatch, _dtypes, _tokens
 
 #: bytes of logits per chunk when ``chunk_size`` is not given. Each chunk streams the weight
 #: through three products, and BLAS loses efficiency with few rows: on a 2-core CPU with
@@ -29,17 +29,45 @@ from . import _api, _arrays, _checks, _dtypes
 #: (32 MiB) and 1.24–1.29× in chunks of 128 (64 MiB). 64 MiB is 128 such rows on the CPU, and
 #: on a GPU 256 rows of a 131072-class bfloat16 vocabulary.
 BUDGET = {"cpu": 64 << 20, "cuda": 64 << 20}
+#: fewer whole rows than this per chunk, and the CPU takes ``BLOCK_ROWS`` rows in blocks of
+#: classes instead (at N=512, H=1024, V=131072 float32 the two ways took about the same time
+#: with 64 rows, and whole rows lose more below)
+MIN_ROWS = 64
+BLOCK_ROWS = 256
 
 
-def chunk_rows(chunk_size, n_classes, itemsize, where):
-    """Rows per chunk: ``chunk_size`` when given, else as many as fit in ``BUDGET[where]``."""
+def _positive(value, what):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) \
+            or value < 1:
+        raise ValueError(f"chunk_size has {what}={value!r}: it must be a positive integer")
+    return int(value)
+
+
+def chunk_shape(chunk_size, n_rows, n_classes, itemsize, where):
+    """(rows, classes) per chunk, ``classes`` None for whole rows: ``chunk_size`` when given (an
+    int of rows, or a pair ``(rows, classes)``), else chosen from ``BUDGET[where]``: as many
+    whole rows as fit, or on the CPU, when fewer than ``MIN_ROWS`` (or than ``n_rows``) fit,
+    ``BLOCK_ROWS`` rows in blocks of classes that fit."""
     if chunk_size is None:
-        return max(1, BUDGET[where] // (n_classes * itemsize))
-    if isinstance(chunk_size, (bool, np.bool_)) or not isinstance(chunk_size, numbers.Integral) \
-            or chunk_size < 1:
-        raise ValueError(f"chunk_size={chunk_size!r} must be a positive integer (rows per chunk) "
-                         "or None (chosen from a memory budget)")
-    return int(chunk_size)
+        fit = BUDGET[where] // (n_classes * itemsize)
+        if where != "cpu" or fit >= min(MIN_ROWS, n_rows):
+            return max(1, fit), None
+        rows = max(1, min(BLOCK_ROWS, n_rows))
+        return rows, max(1, BUDGET[where] // (rows * itemsize))
+    if isinstance(chunk_size, (tuple, list)) and len(chunk_size) in (1, 2):
+        rows = _positive(chunk_size[0], "rows")
+        if len(chunk_size) == 1:
+            return rows, None
+        classes = _positive(chunk_size[1], "classes")
+        return rows, (None if classes >= n_classes else classes)
+    if isinstance(chunk_size, (tuple, list)):
+        raise ValueError(f"chunk_size={chunk_size!r} must be rows or (rows, classes)")
+    try:
+        return _positive(chunk_size, "rows"), None
+    except ValueError:
+        raise ValueError(f"chunk_size={chunk_size!r} must be a positive integer (rows per "
+                         "chunk), a pair (rows, classes), or None (chosen from a memory "
+                         "budget)") from None
 
 
 def shapes(h_shape, w_shape, b_shape, dnames):
@@ -108,15 +136,17 @@ def _chunks(t, rows):
     return [keep[s:s + rows] for s in range(0, keep.size, rows)]
 
 
-def run(ops, h, w, b, t, cw, options, reduction, rows, grad, grad_output=1.0):
+def run(ops, h, w, b, t, cw, options, reduction, chunk, grad, grad_output=1.0):
     """The chunked loop on 2-D ``h`` (N, H), ``w`` (V, H), ``b`` (V,) or None and host ``t``
     (N,) int64 (-1: ignored); ``cw`` the class weights as float64 NumPy (or None) and
-    ``options`` what the fused kernel takes besides them. ``grad``: False, True, or which of
-    the three gradients to compute (a frozen weight needs no product for its gradient).
+    ``options`` what the fused kernel takes besides them; ``chunk`` (rows, classes) from
+    :func:`chunk_shape`. ``grad``: False, True, or which of the three gradients to compute (a
+    frozen weight needs no product for its gradient).
 
     Returns (per-row losses or None, the summed loss's factor, gradients or None): the per-row
     losses as ``ops`` keeps them (zeros for ignored rows), already scaled for reduction="mean".
     """
+    rows, classes = chunk
     n = h.shape[0]
     v = w.shape[0]
     scale, z, finish = _scales(t, cw, reduction, options["z_loss"], grad_output)
@@ -127,43 +157,134 @@ def run(ops, h, w, b, t, cw, options, reduction, rows, grad, grad_output=1.0):
         want = (True, True, True) if grad is True else grad
         grads = tuple(None if a is None or not wanted else ops.zeros(a.shape, dtype)
                       for a, wanted, dtype in zip((h, w, b), want, ops.grad_dtypes(h, w, b)))
-    buf = None
+    chunks = _chunks(t, rows)
+    # one buffer for every chunk's logits: (rows, V), or (rows, classes) for blocks of classes
+    most = max((_size(i) for i in chunks), default=0)
+    buf = ops.empty((most * min(classes or v, v),), h.dtype)
     # the targets and the chunks' row indices go to the device once, before the first product
     td = ops.targets(t)
-    for idx in [i if isinstance(i, slice) else ops.index(i) for i in _chunks(t, rows)]:
-        m = idx.stop - idx.start if isinstance(idx, slice) else len(idx)
-        if buf is None or buf.shape[0] < m:
-            buf = ops.empty((m, v), h.dtype)
-        x = buf[:m]
+    for k, idx in enumerate([i if isinstance(i, slice) else ops.index(i) for i in chunks]):
+        m = _size(idx)
         hc = h[idx] if isinstance(idx, slice) else ops.take(h, idx)
-        ops.logits(hc, w, b, x)
-        tc = td[idx]
-        if grad:
-            s = ops.rows(scale, idx) if getattr(scale, "ndim", 0) else scale
-            loss = ops.fused(x, tc, s, opts)
-            ops.gradients(grads, x, w, hc, idx)
+        s = (ops.rows(scale, idx) if getattr(scale, "ndim", 0) else scale) if grad else None
+        if classes is None:
+            x = buf[:m * v].reshape(m, v)
+            ops.logits(hc, w, b, x)
+            if grad:
+                loss = ops.fused(x, td[idx], s, opts)
+                ops.gradients(grads, x, w, hc, idx, first=k == 0)
+            else:
+                loss = ops.loss(x, td[idx], opts)
         else:
-            loss = ops.loss(x, tc, opts)
+            loss = _class_blocks(ops, buf, hc, w, b, td[idx], cw, opts, classes, s, grads, idx,
+                                 first=k == 0)
         ops.put(losses, idx, loss)
     return losses, finish, grads
 
 
-def _sgemm_into(c, a_t, b):
-    """``c += a_tᵀ·b`` by BLAS with beta = 1 (scipy), or None when scipy is missing."""
+def _size(idx):
+    return idx.stop - idx.start if isinstance(idx, slice) else len(idx)
+
+
+def _blocks(v, classes):
+    return [slice(c0, min(c0 + classes, v)) for c0 in range(0, v, classes)]
+
+
+def _class_blocks(ops, buf, hc, w, b, t, cw, options, classes, scale, grads, idx, first):
+    """One chunk of rows in blocks of classes, on the CPU backends: a pass for the rows'
+    statistics (block partials merged as (max, sum-exp) pairs), then, for the gradient, a second
+    pass that recomputes each block's logits and turns them into their gradient in place.
+    Returns the rows' losses (float64)."""
+    backend = options.get("backend", "auto")
+    if _dispatch.uses_cuda(backend, buf):
+        raise NotImplementedError("chunk_size=(rows, classes): blocks of classes run on the CPU "
+                                  "backends only; on the GPU, chunk by rows (chunk_size=rows)")
+    be = _dispatch.choose(backend, None)
+    m_rows, v = t.shape[0], w.shape[0]
+    eps, cap = options["label_smoothing"], options["softcap"]
+    top = np.full(m_rows, -np.inf)
+    sums = np.zeros(m_rows)
+    swy = np.zeros(m_rows)
+    yt = np.zeros(m_rows)
+
+    def logits(cls):
+        x = buf[:m_rows * (cls.stop - cls.start)].reshape(m_rows, cls.stop - cls.start)
+        ops.logits(hc, w[cls], None if b is None else b[cls], x)
+        return x
+
+    def local(cls):  # each row's target column in the block, -1 when in another block
+        return np.where((t >= cls.start) & (t < cls.stop), t - cls.start, -1)
+
+    for cls in _blocks(v, classes):
+        x = logits(cls)
+        xs = _dtypes.storage_view(ops.host(x))
+        part = be.class_partials(xs, None if cw is None else cw[cls], cap, eps > 0)
+        top, sums, _ = _tokens.merge3(top, sums, 0.0, part[:, 0], part[:, 1], 0.0)
+        swy += part[:, 2]
+        hit = np.flatnonzero(local(cls) >= 0)
+        y = _dtypes.decode(xs[hit, t[hit] - cls.start])
+        yt[hit] = y if cap is None else cap * np.tanh(y / cap)
+    wt = np.ones(m_rows) if cw is None else cw[t]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lse = np.where(top == np.inf, np.inf, top + np.log(sums))
+    w_sum = float(v) if cw is None else float(cw.sum())
+    ce, zt = _api.row_terms(np.stack([lse, wt * yt, wt, swy], axis=-1), eps, v, w_sum,
+                            options["z_loss"])
+    if grads is None:
+        return ce + zt
+    s = np.broadcast_to(np.asarray(scale, np.float64), (m_rows,))
+    coef = _api.row_coefficients(s, s, np.ones(m_rows, bool), eps, v, options["z_loss"])
+    partials = np.stack([top, sums], axis=-1)
+    targets_ = np.stack([yt, wt], axis=-1)
+    # the blocks backwards: the last one's logits are still in the buffer
+    for j, cls in enumerate(reversed(_blocks(v, classes))):
+        g = x if j == 0 else logits(cls)
+        be.class_grad(_dtypes.storage_view(ops.host(g)), local(cls),
+                      None if cw is None else cw[cls], cap, partials, coef, w_sum, targets_)
+        ops.gradients(grads, g, w, hc, idx, cls, add_hidden=j > 0, first=first)
+    return ce + zt
+
+
+def _blas():
+    """scipy's BLAS module, or None."""
     try:
         from scipy.linalg import blas
     except ImportError:
         return None
+    return blas
+
+
+def _operand(m):
+    """(array, transposed) such that ``array`` is Fortran-ordered and ``array`` (transposed
+    when the flag says so) is ``m``: a view whenever ``m`` or ``mᵀ`` is Fortran-ordered."""
+    if m.flags.f_contiguous:
+        return m, False
+    if m.flags.c_contiguous:
+        return m.T, True
+    return np.asfortranarray(m), False
+
+
+def _gemm_scipy(c, a, b, beta):
+    """``c = a·b + beta·c`` with scipy's BLAS, ``c`` C-ordered, or None without scipy. Every
+    product of a call goes through this one BLAS: alternating NumPy's and scipy's (two
+    OpenBLAS thread pools on the same cores) cost up to 50% of a product's time (see
+    docs/performance-notes.md)."""
+    blas = _blas()
+    if blas is None:
+        return None
     gemm = blas.dgemm if c.dtype == np.float64 else blas.sgemm
-    # in Fortran order: cᵀ (H, V) += bᵀ (H, m) · a_t (m, V), every operand a view, no copy
-    r = gemm(1.0, b.T, a_t.T, beta=1.0, c=c.T, trans_b=True, overwrite_c=True)
+    # in Fortran order: cᵀ = bᵀ·aᵀ (+ beta·cᵀ), every operand a view when it can be
+    x, tx = _operand(b.T)
+    y, ty = _operand(a.T)
+    r = gemm(1.0, x, y, beta=float(beta), c=c.T, trans_a=tx, trans_b=ty, overwrite_c=True)
     if not np.shares_memory(r, c):
         c[...] = r.T
     return c
 
 
 class _NumpyOps:
-    """The matrix products with NumPy (and BLAS's beta = 1 through scipy when installed)."""
+    """The matrix products with BLAS: scipy's when installed (it has ``beta``, so ``g_weight``
+    accumulates in place), NumPy's otherwise."""
 
     #: classes per block of the weight gradient's accumulation without scipy
     BLOCK = 4096
@@ -216,34 +337,45 @@ class _NumpyOps:
     def put(losses, idx, loss):
         losses[idx] = loss
 
-    @staticmethod
-    def logits(hc, w, b, out):
-        np.matmul(hc, w.T, out=out)
+    def gemm(self, c, a, b, beta=0):
+        """``c = a·b + beta·c`` (``beta`` 0 or 1) into C-ordered ``c``, without a temporary of
+        ``c``'s size."""
+        if c.size == 0 or _gemm_scipy(c, a, b, beta) is not None:
+            return
+        if not beta:
+            np.matmul(a, b, out=c)
+            return
+        tmp = np.empty((min(self.BLOCK, c.shape[0]), c.shape[1]), c.dtype)
+        for s in range(0, c.shape[0], self.BLOCK):
+            e = min(s + self.BLOCK, c.shape[0])
+            np.matmul(a[s:e], b, out=tmp[:e - s])
+            c[s:e] += tmp[:e - s]
+
+    def logits(self, hc, w, b, out):
+        self.gemm(out, hc, w.T)
         if b is not None:
             out += b
 
-    def gradients(self, grads, g, w, hc, idx):
+    @staticmethod
+    def host(x):
+        """``x`` as a NumPy array (itself)."""
+        return x
+
+    def gradients(self, grads, g, w, hc, idx, cls=slice(None), add_hidden=False, first=False):
+        """The gradients' products from ``g``, the gradient of the logits of rows ``idx`` and
+        classes ``cls``: ``g_hidden[idx]`` is set (or added to, ``add_hidden``), ``g_weight`` and
+        ``g_bias`` are added to (``g_weight`` is set when this is its ``first`` product)."""
         gh, gw, gb = grads
         if gh is not None and isinstance(idx, slice):
-            np.matmul(g, w, out=gh[idx])
+            self.gemm(gh[idx], g, w[cls], beta=add_hidden)
         elif gh is not None:
-            gh[idx] = g @ w
+            part = gh[idx] if add_hidden else np.empty((len(idx), gh.shape[1]), gh.dtype)
+            self.gemm(part, g, w[cls], beta=add_hidden)
+            gh[idx] = part
         if gw is not None:
-            self.accumulate_weight(gw, g, hc)
+            self.gemm(gw[cls], g.T, hc, beta=not first)
         if gb is not None:
-            gb += g.sum(axis=0)
-
-    def accumulate_weight(self, gw, g, hc):
-        """``gw += gᵀ·hc`` without a temporary of ``gw``'s size."""
-        if gw.size == 0:
-            return
-        if _sgemm_into(gw, g, hc) is not None:
-            return
-        tmp = np.empty((min(self.BLOCK, gw.shape[0]), gw.shape[1]), gw.dtype)
-        for s in range(0, gw.shape[0], self.BLOCK):
-            e = min(s + self.BLOCK, gw.shape[0])
-            np.matmul(g[:, s:e].T, hc, out=tmp[:e - s])
-            gw[s:e] += tmp[:e - s]
+            gb[cls] += g.sum(axis=0)
 
 
 _FLOATS = ("float32", "float64")
@@ -273,9 +405,9 @@ def _prepare(hidden, weight, targets_, bias, reduction, ignore_index, ce_weight,
     cw = _checks.weight(ce_weight, v)
     options = dict(ignore_index=ignore, weight=cw, backend=backend, **checked_options(
         label_smoothing, z_loss, softcap))
-    rows = chunk_rows(chunk_size, v, h.dtype.itemsize, "cpu")
+    chunk = chunk_shape(chunk_size, int(np.count_nonzero(t >= 0)), v, h.dtype.itemsize, "cpu")
     h2 = np.ascontiguousarray(h.reshape(int(np.prod(lead)), hdim))
-    return lead, h2, np.ascontiguousarray(w), b, t, cw, options, red, rows
+    return lead, h2, np.ascontiguousarray(w), b, t, cw, options, red, chunk
 
 
 def _finish(losses, finish, reduction, lead, dtype):
@@ -309,9 +441,12 @@ def linear_cross_entropy(hidden, weight, targets, bias=None, *, reduction="mean"
     ce_weight : array_like, shape (V,), optional
         Per-class weights: the ``weight`` of :func:`cross_entropy` (renamed here, where
         ``weight`` is the layer's).
-    chunk_size : int, optional
-        Rows of logits per chunk. By default as many as fit in 64 MiB (128 rows of 131072
-        float32 classes). Fewer rows take less memory and more time: see docs/linear.md.
+    chunk_size : int or (int, int), optional
+        Rows of logits per chunk, or ``(rows, classes)``. By default as many whole rows as fit
+        in 64 MiB (128 rows of 131072 float32 classes). Whole rows give the loss and the
+        gradient from one product of the logits. Blocks of classes hold less (``rows ×
+        classes``) but compute the logits twice, once for the rows' statistics and once for
+        the gradient. See docs/linear.md for the trade-offs.
     backend : {"auto", "cpu", "numpy"}
         The backend of the cross-entropy kernel (see :func:`cross_entropy`).
 
@@ -330,10 +465,10 @@ def linear_cross_entropy(hidden, weight, targets, bias=None, *, reduction="mean"
     >>> round(fx.cross_entropy(hidden @ weight.T, np.array([0, 1])), 4)
     0.4842
     """
-    lead, h, w, b, t, cw, options, red, rows = _prepare(
+    lead, h, w, b, t, cw, options, red, chunk = _prepare(
         hidden, weight, targets, bias, reduction, ignore_index, ce_weight, label_smoothing,
         z_loss, softcap, chunk_size, backend)
-    losses, finish, _ = run(_NumpyOps(), h, w, b, t, cw, options, red, rows, grad=False)
+    losses, finish, _ = run(_NumpyOps(), h, w, b, t, cw, options, red, chunk, grad=False)
     return _finish(losses, finish, red, lead, _dtypes.compute_dtype(h.dtype))
 
 
@@ -368,13 +503,13 @@ def linear_cross_entropy_with_grad(hidden, weight, targets, bias=None, *, reduct
     >>> bool(np.allclose(gw, g.T @ hidden))
     True
     """
-    lead, h, w, b, t, cw, options, red, rows = _prepare(
+    lead, h, w, b, t, cw, options, red, chunk = _prepare(
         hidden, weight, targets, bias, reduction, ignore_index, ce_weight, label_smoothing,
         z_loss, softcap, chunk_size, backend)
     go = _checks.grad_output(grad_output, red, lead)
     if red == "none":
         go = np.ascontiguousarray(go).reshape(-1)
-    losses, finish, (gh, gw, gb) = run(_NumpyOps(), h, w, b, t, cw, options, red, rows,
+    losses, finish, (gh, gw, gb) = run(_NumpyOps(), h, w, b, t, cw, options, red, chunk,
                                        grad=True, grad_output=go)
     loss = _finish(losses, finish, red, lead, _dtypes.compute_dtype(h.dtype))
     return loss, (gh.reshape(tuple(lead) + (h.shape[1],)), gw, gb)

@@ -10,7 +10,7 @@ Both are ``torch.library`` custom operators with fake implementations, so ``torc
 traces through them.
 """
 
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -89,18 +89,29 @@ class _TorchOps:
         else:
             torch.addmm(b, hc, w.T, out=out)
 
-    def gradients(self, grads, g, w, hc, idx):
+    @staticmethod
+    def host(x):
+        return _host(x)
+
+    def gradients(self, grads, g, w, hc, idx, cls=slice(None), add_hidden=False, first=False):
+        """As ``_linear._NumpyOps.gradients`` (``g_weight`` starts from zeros: always added
+        to)."""
         gh, gw, gb = grads
-        if gh is not None and isinstance(idx, slice):
-            torch.matmul(g, w, out=gh[idx])
+        wc = w[cls]
+        if gh is not None and add_hidden and isinstance(idx, slice):
+            gh[idx].addmm_(g, wc)
+        elif gh is not None and add_hidden:
+            gh.index_add_(0, self._index(idx), g @ wc)
+        elif gh is not None and isinstance(idx, slice):
+            torch.matmul(g, wc, out=gh[idx])
         elif gh is not None:
-            gh[self._index(idx)] = g @ w
+            gh[self._index(idx)] = g @ wc
         if gw is not None and gw.dtype == g.dtype:
-            gw.addmm_(g.T, hc)
+            gw[cls].addmm_(g.T, hc)
         elif gw is not None:
-            self._accumulate_wide(gw, g, hc)
+            self._accumulate_wide(gw[cls], g, hc)
         if gb is not None:
-            gb += g.sum(dim=0, dtype=torch.float32 if g.dtype.itemsize < 4 else g.dtype).to(gb)
+            gb[cls] += g.sum(dim=0, dtype=torch.float32 if g.dtype.itemsize < 4 else g.dtype).to(gb)
 
     def _accumulate_wide(self, gw, g, hc):
         """``gw += gᵀ·hc`` with ``gw`` wider than ``g``: the product in ``g``'s dtype, added
@@ -166,13 +177,16 @@ def _prepare(hidden, weight, target, bias, ce_weight, ignore_index, label_smooth
         wide = torch.float64 if ce_weight.dtype == torch.float64 else torch.float32
         options["weight"] = (ce_weight.detach().to(hidden.device, wide) if hidden.is_cuda
                              else cw_host)
-    rows = _linear.chunk_rows(chunk_size, v, hidden.element_size(),
-                              "cuda" if hidden.is_cuda else "cpu")
+    chunk = _linear.chunk_shape(chunk_size, int(np.count_nonzero(t >= 0)), v,
+                                hidden.element_size(), "cuda" if hidden.is_cuda else "cpu")
+    if chunk[1] is not None and hidden.is_cuda:
+        raise NotImplementedError(f"chunk_size={tuple(chunk_size)}: blocks of classes run on the "
+                                  "CPU only; CUDA tensors are chunked by rows (chunk_size=rows)")
     h = hidden.detach().reshape(int(np.prod(lead)), hdim).contiguous()
     w = weight.detach().contiguous()
     b = None if bias is None else bias.detach().contiguous()
     ops = _TorchOps(hidden.device, _accum_dtype(accum_dtype, hidden.dtype))
-    return lead, (ops, h, w, b, t, cw_host, options), rows
+    return lead, (ops, h, w, b, t, cw_host, options), chunk
 
 
 def _none_like(t):
@@ -183,15 +197,15 @@ def _none_like(t):
 def _linear_op(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor,
                bias: Optional[torch.Tensor], ce_weight: Optional[torch.Tensor], reduction: str,
                ignore_index: int, label_smoothing: float, z_loss: float,
-               softcap: Optional[float], chunk_size: Optional[int],
+               softcap: Optional[float], chunk_size: Optional[List[int]],
                accum_dtype: Optional[torch.dtype], grad_hidden: bool, grad_weight: bool,
                grad_bias: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(loss, g_hidden, g_weight, g_bias): the gradients of ``loss`` asked for by the three
     flags, empty tensors for the others (and for g_bias without a bias)."""
-    lead, args, rows = _prepare(hidden, weight, target, bias, ce_weight, ignore_index,
-                                label_smoothing, z_loss, softcap, chunk_size, accum_dtype)
+    lead, args, chunk = _prepare(hidden, weight, target, bias, ce_weight, ignore_index,
+                                 label_smoothing, z_loss, softcap, chunk_size, accum_dtype)
     want = (grad_hidden, grad_weight, grad_bias)
-    losses, finish, grads = _linear.run(*args, reduction, rows, grad=any(want) and want)
+    losses, finish, grads = _linear.run(*args, reduction, chunk, grad=any(want) and want)
     if reduction == "none":
         loss = losses.to(hidden.dtype).reshape(lead)
     else:
@@ -225,18 +239,18 @@ def _linear_fake(hidden, weight, target, bias, ce_weight, reduction, ignore_inde
 def _linear_backward_op(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor,
                         bias: Optional[torch.Tensor], ce_weight: Optional[torch.Tensor],
                         grad_loss: torch.Tensor, ignore_index: int, label_smoothing: float,
-                        z_loss: float, softcap: Optional[float], chunk_size: Optional[int],
+                        z_loss: float, softcap: Optional[float], chunk_size: Optional[List[int]],
                         accum_dtype: Optional[torch.dtype],
                         grad_hidden: bool, grad_weight: bool, grad_bias: bool
                         ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The gradients of ``Σ grad_loss·loss`` for reduction="none" (those the flags ask for): a
     second walk over the chunks, since a per-row upstream gradient enters g_weight inside its
     product."""
-    _, args, rows = _prepare(hidden, weight, target, bias, ce_weight, ignore_index,
-                             label_smoothing, z_loss, softcap, chunk_size, accum_dtype)
+    _, args, chunk = _prepare(hidden, weight, target, bias, ce_weight, ignore_index,
+                              label_smoothing, z_loss, softcap, chunk_size, accum_dtype)
     go = grad_loss.detach().reshape(-1).to(torch.float64)
     want = (grad_hidden, grad_weight, grad_bias)
-    _, _, grads = _linear.run(*args, "none", rows, grad=want, grad_output=go)
+    _, _, grads = _linear.run(*args, "none", chunk, grad=want, grad_output=go)
     return _results(hidden, weight, grads)
 
 
@@ -275,6 +289,15 @@ def _backward(ctx, grad_loss, *_grads_of_grads):
 _linear_op.register_autograd(_backward, setup_context=_setup)
 
 
+def _chunk_list(chunk_size, weight):
+    """``chunk_size`` checked, as the operators take it: None, [rows] or [rows, classes]."""
+    if chunk_size is None:
+        return None
+    _linear.chunk_shape(chunk_size, 1, weight.shape[0], 1, "cpu")
+    return [int(c) for c in chunk_size] if isinstance(chunk_size, (tuple, list)) \
+        else [int(chunk_size)]
+
+
 def linear_cross_entropy(hidden, weight, target, bias=None, *, reduction="mean",
                          ignore_index=-100, ce_weight=None, label_smoothing=0.0, z_loss=0.0,
                          softcap=None, chunk_size=None, accum_dtype=None):
@@ -296,8 +319,10 @@ def linear_cross_entropy(hidden, weight, target, bias=None, *, reduction="mean",
         Per-class weights (``weight`` of ``F.cross_entropy``).
     z_loss, softcap
         As :func:`fastxent.torch.cross_entropy`.
-    chunk_size : int, optional
-        Rows of logits per chunk; by default as many as fit in 64 MiB.
+    chunk_size : int or (int, int), optional
+        Rows of logits per chunk, or ``(rows, classes)`` for chunks of both (CPU only: the
+        logits are then computed twice, see :func:`fastxent.linear_cross_entropy`); by default
+        as many whole rows as fit in 64 MiB.
     accum_dtype : torch.dtype, optional
         The dtype the gradients of ``weight`` and ``bias`` are summed in over the chunks: None
         (their own dtype) or ``torch.float32`` (or ``float64``): for bfloat16 and float16
@@ -344,8 +369,8 @@ def linear_cross_entropy(hidden, weight, target, bias=None, *, reduction="mean",
     want = [eager and t is not None and t.requires_grad for t in (hidden, weight, bias)]
     return _linear_op(hidden, weight, target, bias, ce_weight, reduction, int(ignore_index),
                       float(label_smoothing), float(z_loss),
-                      None if softcap is None else float(softcap), chunk_size, accum_dtype,
-                      *want)[0]
+                      None if softcap is None else float(softcap), _chunk_list(chunk_size, weight),
+                      accum_dtype, *want)[0]
 
 
 class LinearCrossEntropyLoss(torch.nn.Module):

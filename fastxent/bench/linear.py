@@ -3,9 +3,10 @@
 One workload, forward + backward of the mean cross-entropy of ``hidden @ weight.T`` (float32,
 N×H hidden states, a V×H weight), four ways:
 
-``fastxent``, ``fastxent (64 rows)``
-    :func:`fastxent.linear_cross_entropy_with_grad` (NumPy products, fastxent's kernel per chunk),
-    with its default chunks and with ``chunk_size=64``;
+``fastxent``, ``fastxent (64 rows)``, ``fastxent (256 rows × 16384 classes)``
+    :func:`fastxent.linear_cross_entropy_with_grad` (BLAS products, fastxent's kernel per chunk),
+    with its default chunks, with ``chunk_size=64`` and with blocks of classes, ``chunk_size=(256,
+    16384)`` (16 MiB of float32 logits);
 ``numpy + fastxent``
     NumPy's product for the N×V logits, :func:`fastxent.cross_entropy_with_grad` in place, and
     NumPy's products for the gradients: the unfused path of the NumPy function;
@@ -40,6 +41,8 @@ from .._memory import _status_kib, peak_rss_bytes, reset_peak_rss
 from .report import _size as format_bytes
 
 DEFAULT_SHAPE = dict(rows=512, hidden=1024, vocab=131072)
+#: the blocks of classes timed on the CPU: 16 MiB of float32 logits at the default shape
+CLASS_CHUNK = (256, 16384)
 GPU_SHAPE = dict(rows=8192, hidden=4096, vocab=131072, dtype="bfloat16")
 #: the other chunk sizes (rows) ``fastxent.torch`` is timed with on a GPU
 GPU_CHUNKS = (128, 384, 512, 1024)
@@ -55,10 +58,12 @@ def _contenders(h, w, t):
         loss, g = fx.cross_entropy_with_grad(h @ w.T, t, inplace=True)
         return loss, (g @ w, g.T @ h)
 
-    def fused_64():
-        return fx.linear_cross_entropy_with_grad(h, w, t, chunk_size=64)
+    def chunked(size):
+        return lambda: fx.linear_cross_entropy_with_grad(h, w, t, chunk_size=size)
 
-    found = {"fastxent": fused, "fastxent (64 rows)": fused_64, "numpy + fastxent": unfused}
+    found = {"fastxent": fused, "fastxent (64 rows)": chunked(64),
+             f"fastxent ({CLASS_CHUNK[0]} rows × {CLASS_CHUNK[1]} classes)": chunked(CLASS_CHUNK),
+             "numpy + fastxent": unfused}
     try:
         import torch
 
@@ -118,10 +123,9 @@ def format_table(results, rows, hidden, vocab):
     lines = [f"linear cross-entropy, forward + backward: N={rows} H={hidden} V={vocab} float32",
              "", "| contender | time (median) | vs. its unfused path | peak extra memory |",
              "|---|---:|---:|---:|"]
-    base = {"fastxent": "numpy + fastxent", "fastxent (64 rows)": "numpy + fastxent",
-            "fastxent.torch": "torch"}
     for name, (seconds, memory) in results.items():
-        ref = results.get(base.get(name))
+        ref = results.get("torch" if name == "fastxent.torch" else
+                          "numpy + fastxent" if name.startswith("fastxent") else None)
         ratio = f"{seconds / ref[0]:.2f}×" if ref else ""
         mem = "n/a" if memory is None else format_bytes(memory)
         lines.append(f"| {name} | {seconds * 1e3:.0f} ms | {ratio} | {mem} |")

@@ -583,6 +583,33 @@ def rows(x, targets, weight, softcap, want_sy, coef=None, grad=None):
     return _public_stats(_run(x, targets, weight, softcap, want_sy, coef, grad))
 
 
+def class_partials(x, weight, softcap, want_sy):
+    """See ``reference.class_partials``: ``[m, s, Σ w·y]`` of each row of a block of classes."""
+    return np.ascontiguousarray(_run(x, None, weight, softcap, want_sy, None, None)[:, [0, 1, 4]])
+
+
+@njit(**_PARALLEL)
+def _class_grad_rows(x, t, w, c, st, coef, w_sum, yt, wt):
+    n, v = x.shape
+    for r in prange(n):
+        _row_grad(x, t, None, x, True, r, 0, v, w, c, st, coef, w_sum, yt[r], wt[r], None, None)
+
+
+def class_grad(x, targets, weight, softcap, partials, coef, w_sum, target_terms):
+    """See ``reference.class_grad``: the gradient of a block of classes, over ``x``."""
+    n = x.shape[0]
+    st = np.zeros((n, 5))
+    st[:, :2] = partials[:, :2]
+    st[:, 3] = target_terms[:, 1]  # Σ w·q of a one-hot target
+    w = None if weight is None else np.ascontiguousarray(weight, dtype=_compute_dtype(x))
+    c = None if softcap is None else float(softcap)
+    yt = np.ascontiguousarray(target_terms[:, 0])
+    wt = np.ascontiguousarray(target_terms[:, 1])
+    with parallel_guard() as parallel:
+        kernel = _class_grad_rows if parallel else _serial(_class_grad_rows)
+        kernel(x, targets, w, c, st, np.ascontiguousarray(coef), float(w_sum), yt, wt)
+
+
 def token_partials(x, targets, thresholds=None):
     """See ``reference.token_partials``; the kernel is in :mod:`.cpu_tokens` (built on the
     helpers here)."""

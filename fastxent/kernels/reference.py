@@ -94,6 +94,53 @@ def rows(x, targets, weight, softcap, want_sy, coef=None, grad=None):
     return stats
 
 
+def class_partials(x, weight, softcap, want_sy):
+    """Partial statistics ``[m, s, Σ w·y]`` (N, 3) float64 of each row of ``x``, a block of
+    classes (``weight`` its class weights, or None): ``m`` the largest (soft-capped) logit,
+    ``s = Σ exp(y − m)`` and, when ``want_sy``, ``Σ w·y`` (else 0). Blocks of the same rows merge
+    as (max, sum-exp) pairs, and their ``Σ w·y`` add up."""
+    n, v = x.shape
+    out = np.zeros((n, 3))
+    w = np.ones(v) if weight is None else np.asarray(weight, dtype=np.float64)
+    for rws in _row_blocks(n, v):
+        y = _capped(x[rws], softcap)
+        m = np.max(y, axis=-1) if v else np.full(y.shape[0], -np.inf)
+        shift = np.where(np.isfinite(m), m, 0.0)
+        with np.errstate(invalid="ignore", over="ignore"):
+            out[rws, 1] = np.sum(np.exp(y - shift[:, None]), axis=-1)
+            if want_sy:
+                out[rws, 2] = np.sum(w * y, axis=-1)
+        # a +inf maximum: as the kernels, the sum of its terms exp(y - m) is NaN
+        out[rws, 1] = np.where(np.isfinite(m) | np.isnan(m), out[rws, 1],
+                               np.where(m > 0, np.nan, 0.0))
+        out[rws, 0] = m
+    return out
+
+
+def class_grad(x, targets, weight, softcap, partials, coef, w_sum, target_terms):
+    """Write over ``x``, a block of classes of some rows, their gradient from the whole rows'
+    statistics: ``partials`` (N, 2+) ``[m, s]`` merged over every block (``lse = m + log s``),
+    ``coef`` (N, 3) as in ``rows``, ``w_sum`` the class weights' sum over all classes,
+    ``target_terms`` (N, 2) ``[y_t, w_t]`` of each row's (one-hot) target and ``targets`` its
+    column in this block (-1: in another block)::
+
+        grad = (softmax(y)·(c0·w_t + c1·Σw + c2·lse) − c0·w·onehot − c1·w) · dy/dx
+    """
+    n, v = x.shape
+    w = np.ones(v) if weight is None else np.asarray(weight, dtype=np.float64)
+    y = _capped(x, softcap)
+    m, s = partials[:, 0:1], partials[:, 1:2]
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        lse = m + np.log(s)
+        a = coef[:, 0:1] * target_terms[:, 1:2] + coef[:, 1:2] * w_sum + coef[:, 2:3] * lse
+        g = np.exp(y - m) / s * a - coef[:, 1:2] * w
+        hit = np.flatnonzero(targets >= 0)
+        g[hit, targets[hit]] -= coef[hit, 0] * w[targets[hit]]
+        if softcap is not None:
+            g = g * (1.0 - (y / softcap) ** 2)
+    encode_into(x, g)
+
+
 def token_partials(x, targets, thresholds=None):
     """Per-row partial statistics for the token statistics, over the columns of ``x``.
 
