@@ -501,8 +501,8 @@ def test_linear_cross_entropy_chunks_through_the_device_kernels(rng, monkeypatch
             out.copy_to_device(np.ascontiguousarray(hc @ w.T + (0 if b is None else b),
                                                     dtype=out.dtype))
 
-        def gradients(self, grads, g, w, hc, idx):
-            super().gradients(grads, g.copy_to_host(), w, hc, idx)
+        def gradients(self, grads, g, w, hc, idx, **how):
+            super().gradients(grads, g.copy_to_host(), w, hc, idx, **how)
 
         @staticmethod
         def put(losses, idx, loss):
@@ -537,7 +537,7 @@ def test_linear_cross_entropy_chunks_through_the_device_kernels(rng, monkeypatch
     monkeypatch.setattr(_device, "_raise_bad_target", lambda *a: pytest.fail("synchronized"))
     for (th, cw, options), (reduction, go) in itertools.product(
             prepared, (("mean", 1.0), ("none", rng.uniform(0.5, 2.0, n)))):
-        args = (hidden, weight, bias, th, cw, options, reduction, 5)
+        args = (hidden, weight, bias, th, cw, options, reduction, (5, None))
         got = _linear.run(DeviceOps(), *args, grad=True, grad_output=go)
         want = _linear.run(_linear._NumpyOps(), *args, grad=True, grad_output=go)
         np.testing.assert_allclose(got[0], want[0], rtol=2e-6)

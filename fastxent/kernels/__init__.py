@@ -22,6 +22,11 @@ A backend module provides
     vocabulary shard) or -2 (ignored); see ``reference.token_partials``. Partials of column
     chunks merge with ``fastxent._tokens.merge_partials``.
 
+``class_partials(x, weight, softcap, want_sy)``, ``class_grad(x, targets, weight, ...)``
+    (CPU and reference backends) a block of classes of the fused linear cross-entropy: the
+    rows' partial statistics ``[m, s, Σ w·y]`` over the block (they merge as (max, sum-exp)
+    pairs), and, from the whole rows' statistics, the block's gradient written over it.
+
 ``binary(kind, x, targets, ...)``, ``kl_logits(x, y)``, ``softmax_grads(x, y, lse_x, ...)``
     (CPU and reference backends) the element-wise binary and categorical losses, the KL
     divergence of two softmaxes, and the gradients of the entropy and of that divergence
