@@ -4,17 +4,23 @@
 The rows are walked in chunks. Each chunk's logits come from the platform's matrix product into
 one reused buffer; the fused kernel of :func:`fastxent.cross_entropy_with_grad` turns them into
 per-row losses and, in place, into their gradient ``G``; then ``g_hidden[rows] = G·W``,
-``g_weight += Gᵀ·hidden[rows]`` and ``g_bias += Σ G``. A row of logits always fits in memory, so
-each chunk holds whole rows: the log-sum-exp of a row needs no merge across chunks, and the
-gradient comes from the same pass as the loss (no second matrix product of the logits).
-Ignored rows are left out of the chunks, so they cost no matrix product.
+``g_weight += Gᵀ·hidden[rows]`` and ``g_bias += Σ G``. With whole rows in a chunk the
+log-sum-exp of a row needs no merge across chunks, and the gradient comes from the same pass as
+the loss (no second matrix product of the logits). Ignored rows are left out of the chunks, so
+they cost no matrix product.
+
+With blocks of classes (``_class_blocks``, CPU only), a chunk of rows takes two passes over the
+vocabulary: the blocks' partial statistics, merged as (max, sum-exp) pairs, give the losses;
+then each block's logits are computed again and turned into their gradient in place, from the
+whole rows' statistics. Extra memory rows × classes, for a fourth product.
 
 The chunks call the fused kernel with ``reduction="none"`` and a per-row upstream gradient; a
 mean over the whole batch is obtained by scaling that gradient by ``1 / denominator`` and the
 z-loss coefficient by ``denominator / n_valid`` (the z-loss of a mean is averaged over the
 non-ignored rows, the cross-entropy over their summed class weights: see ``_scales``).
 
-``_NumpyOps`` does the products with NumPy; ``fastxent.torch`` passes its own, with PyTorch's.
+``_NumpyOps`` does the products with scipy's BLAS (NumPy's without scipy); ``fastxent.torch``
+passes its own, with PyTorch's.
 """
 
 import numbers
@@ -23,11 +29,11 @@ import numpy as np
 
 from . import _api, _arrays, _checks, _dispatch, _dtypes, _tokens
 
-#: bytes of logits per chunk when ``chunk_size`` is not given. Each chunk streams the weight
-#: through three products, and BLAS loses efficiency with few rows: on a 2-core CPU with
-#: OpenBLAS, N=512, H=1024, V=131072 float32 took 1.58× the unfused time in chunks of 64 rows
-#: (32 MiB) and 1.24–1.29× in chunks of 128 (64 MiB). 64 MiB is 128 such rows on the CPU, and
-#: on a GPU 256 rows of a 131072-class bfloat16 vocabulary.
+#: bytes of logits per chunk when ``chunk_size`` is not given. Each chunk of whole rows streams
+#: the weight through three products, and BLAS loses efficiency with few rows: on a 2-core CPU,
+#: N=512, H=1024, V=131072 float32 took 1.37–1.44× the unfused time in chunks of 64 rows
+#: (32 MiB) and 1.08–1.11× in chunks of 128 (64 MiB). 64 MiB is 128 such rows on the CPU, and
+#: on a GPU 256 rows of a 131072-class bfloat16 vocabulary (the chunk Liger-Kernel takes there).
 BUDGET = {"cpu": 64 << 20, "cuda": 64 << 20}
 #: fewer whole rows than this per chunk, and the CPU takes ``BLOCK_ROWS`` rows in blocks of
 #: classes instead (at N=512, H=1024, V=131072 float32 the two ways took about the same time

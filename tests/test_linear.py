@@ -185,10 +185,12 @@ def test_equals_the_unfused_functions(rng):
 def test_every_row_ignored(rng, reduction, expected):
     hidden, weight, b, _, _ = problem(rng)
     t = np.full(23, -100)
-    loss, grads = fx.linear_cross_entropy_with_grad(hidden, weight, t, b, reduction=reduction)
-    np.testing.assert_equal(loss, expected)
-    for g in grads:
-        assert not g.any()
+    for chunk in (None, (4, 10)):
+        loss, grads = fx.linear_cross_entropy_with_grad(hidden, weight, t, b, reduction=reduction,
+                                                        chunk_size=chunk)
+        np.testing.assert_equal(loss, expected)
+        for g in grads:
+            assert not g.any()
 
 
 def test_ignored_chunks_cost_no_product(rng, monkeypatch):
