@@ -571,8 +571,6 @@ def _reduce_rows(values, red, a):
     return total if red == "sum" else (total / values.size if values.size else float("nan"))
 
 
-
-
 def _softmax_grads(be, a, xs, ys, lse_x, lse_y, value, go_rows):
     """Gradients of ``Σ go_rows·value`` (the per-row entropy of softmax(x), or KL(softmax(x) ||
     softmax(y))) with respect to x (and y), in ``a``'s shape and dtype: one pass that writes

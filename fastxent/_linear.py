@@ -42,10 +42,16 @@ MIN_ROWS = 64
 BLOCK_ROWS = 256
 
 
-def _positive(value, what):
+def _chunk_error(chunk_size):
+    return ValueError(f"chunk_size={chunk_size!r} must be rows per chunk (a positive integer), "
+                      "a pair (rows, classes) of them, or None (chosen from a memory budget)")
+
+
+def _positive(value, chunk_size):
+    """``value``, a part of ``chunk_size``, as a positive int."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) \
             or value < 1:
-        raise ValueError(f"chunk_size has {what}={value!r}: it must be a positive integer")
+        raise _chunk_error(chunk_size)
     return int(value)
 
 
@@ -60,20 +66,12 @@ def chunk_shape(chunk_size, n_rows, n_classes, itemsize, where):
             return max(1, fit), None
         rows = max(1, min(BLOCK_ROWS, n_rows))
         return rows, max(1, BUDGET[where] // (rows * itemsize))
-    if isinstance(chunk_size, (tuple, list)) and len(chunk_size) in (1, 2):
-        rows = _positive(chunk_size[0], "rows")
-        if len(chunk_size) == 1:
-            return rows, None
-        classes = _positive(chunk_size[1], "classes")
-        return rows, (None if classes >= n_classes else classes)
-    if isinstance(chunk_size, (tuple, list)):
-        raise ValueError(f"chunk_size={chunk_size!r} must be rows or (rows, classes)")
-    try:
-        return _positive(chunk_size, "rows"), None
-    except ValueError:
-        raise ValueError(f"chunk_size={chunk_size!r} must be a positive integer (rows per "
-                         "chunk), a pair (rows, classes), or None (chosen from a memory "
-                         "budget)") from None
+    parts = chunk_size if isinstance(chunk_size, (tuple, list)) else (chunk_size,)
+    if not 1 <= len(parts) <= 2:
+        raise _chunk_error(chunk_size)
+    rows = _positive(parts[0], chunk_size)
+    classes = _positive(parts[1], chunk_size) if len(parts) == 2 else n_classes
+    return rows, (None if classes >= n_classes else classes)
 
 
 def shapes(h_shape, w_shape, b_shape, dnames):
@@ -166,7 +164,7 @@ def run(ops, h, w, b, t, cw, options, reduction, chunk, grad, grad_output=1.0):
     chunks = _chunks(t, rows)
     # one buffer for every chunk's logits: (rows, V), or (rows, classes) for blocks of classes
     most = max((_size(i) for i in chunks), default=0)
-    buf = ops.empty((most * min(classes or v, v),), h.dtype)
+    buf = ops.empty((most * (classes or v),), h.dtype)
     # the targets and the chunks' row indices go to the device once, before the first product
     td = ops.targets(t)
     for k, idx in enumerate([i if isinstance(i, slice) else ops.index(i) for i in chunks]):

@@ -482,7 +482,6 @@ def test_bce_of_device_arrays_and_probabilities(rng):
         fx.binary_cross_entropy(p * 2, y, backend="cuda")
 
 
-
 def test_linear_cross_entropy_chunks_through_the_device_kernels(rng, monkeypatch):
     """The fused linear cross-entropy's loop (``fastxent._linear.run``) with each chunk's logits
     in a device array: the CUDA kernel's per-row losses, per-row upstream gradients and in-place

@@ -361,7 +361,6 @@ def test_bce_with_logits_on_cuda_tensors(gen, reduction):
     _check(la.cpu(), a.grad.cpu(), lb, b.grad, torch.float32)
 
 
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 def test_bce_on_probabilities_matches_functional(gen, dtype, reduction):

@@ -1,7 +1,7 @@
 """``fastxent bench --linear``: the fused linear cross-entropy against the unfused path.
 
 One workload, forward + backward of the mean cross-entropy of ``hidden @ weight.T`` (float32,
-N×H hidden states, a V×H weight), four ways:
+N×H hidden states, a V×H weight), six ways:
 
 ``fastxent``, ``fastxent (64 rows)``, ``fastxent (256 rows × 16384 classes)``
     :func:`fastxent.linear_cross_entropy_with_grad` (BLAS products, fastxent's kernel per chunk),

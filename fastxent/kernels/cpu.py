@@ -631,7 +631,6 @@ def kl_logits(x, y):
     return kernel(x, y)
 
 
-
 def softmax_grads(x, y, lse_x, lse_y, value, go, gx, gy):
     """See ``reference.softmax_grads``; the kernel is in :mod:`.cpu_divergence`."""
     from .cpu_divergence import softmax_grads as kernel

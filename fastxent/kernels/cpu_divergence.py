@@ -15,13 +15,11 @@ given each row's log-sum-exps and the value itself (see ``reference.softmax_grad
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, types
+from numba.extending import overload
 
 from .. import config
 from .._threading import parallel_guard
-from numba import types
-from numba.extending import overload
-
 from ._numeric import as_compute, block_max, fexp, load, store
 from .cpu import _REDUCE, _merge, _row_part, _serial
 
