@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import _checks, _device, _dispatch
+from . import _checks, _device, _dispatch, _dtypes
 from ._dtypes import compute_dtype, storage_view
 
 
@@ -40,17 +40,23 @@ class _Problem:
 
 def _prepare(logits, targets, reduction, ignore_index, weight, label_smoothing, z_loss, softcap,
              backend):
+    """The user's arguments, checked, as a :class:`_Problem`."""
     a = _checks.logits_array(logits)
     red = _checks.reduction(reduction)
     ignore = _checks.ignore_index(ignore_index)
     eps = _checks.real(label_smoothing, "label_smoothing", low=0.0, high=1.0)
     z = _checks.real(z_loss, "z_loss", low=0.0)
     cap = _checks.softcap(softcap)
-    n_classes = a.shape[-1]
     _checks.classes(a.shape)
-    w = _checks.weight(weight, n_classes)
+    w = _checks.weight(weight, a.shape[-1])
     kind, t = _checks.targets(targets, a.shape, ignore)
-    be = _dispatch.choose(backend, a)
+    return _problem(_dispatch.choose(backend, a), a, kind, t, w, eps, z, cap, red)
+
+
+def _problem(be, a, kind, t, w, eps, z, cap, red):
+    """A :class:`_Problem` from checked values: ``a`` the logits (..., V), ``t`` int64 class
+    indices (N,) with -1 for ignored rows or probabilities like ``a``, ``w`` float64 or None."""
+    n_classes = a.shape[-1]
     x = storage_view(np.ascontiguousarray(a)).reshape(-1, n_classes)
     n = x.shape[0]
     if kind == "index":
@@ -62,7 +68,26 @@ def _prepare(logits, targets, reduction, ignore_index, weight, label_smoothing, 
         valid = np.ones(n, dtype=bool)
         n_valid = n
         denom = float(n)  # as PyTorch: probability targets average over rows, whatever the weights
-    return _Problem(be, a.dtype, x, kind, t, w, eps, z, cap, red, a.shape[:-1], valid, denom, n_valid)
+    return _Problem(be, a.dtype, x, kind, t, w, eps, z, cap, red, a.shape[:-1], valid, denom,
+                    n_valid)
+
+
+def chunk_losses(x, targets, *, weight, label_smoothing, z_loss, softcap, backend="auto",
+                 scale=None):
+    """The per-row losses (float64, 0 for ignored rows) of a chunk of logits ``x`` (N, V), for
+    fastxent's own loops (the fused linear cross-entropy): the arguments were checked by the
+    public function, and the coefficients it passes may be what no user may pass (a z-loss
+    coefficient rescaled by negative class weights). ``targets``: int64 class indices with -1 for
+    ignored rows, or probabilities like ``x``. With ``scale`` (each row's upstream gradient, or
+    one for all), the gradient is written over ``x``."""
+    kind = "index" if targets.ndim == 1 else "prob"
+    p = _problem(_dispatch.choose(backend, x), x, kind, targets, weight, label_smoothing, z_loss,
+                 softcap, "none")
+    if scale is None:
+        return _row_losses(p, _stats(p))
+    s = np.broadcast_to(np.asarray(scale, np.float64), p.valid.shape)
+    coef = row_coefficients(s, s, p.valid, p.smoothing, p.n_classes, p.z_loss)
+    return _row_losses(p, _stats(p, coef, p.x))
 
 
 def _stats(p, coef=None, grad=None):
@@ -76,7 +101,8 @@ def row_terms(stats, smoothing, n_classes, weight_sum, z_loss):
         ce = (1.0 - smoothing) * (lse * swq - swqy)
         if smoothing > 0:
             ce += smoothing / n_classes * (lse * weight_sum - swy)
-        zt = z_loss * lse * lse if z_loss > 0 else np.zeros_like(lse)
+        # (z_loss < 0: a coefficient rescaled by negative class weights, fastxent._linear)
+        zt = z_loss * lse * lse if z_loss != 0 else np.zeros_like(lse)
         # a +inf logit makes PyTorch's log_softmax NaN for its whole row (inf - inf)
         return np.where(lse == np.inf, np.nan, ce), zt
 
@@ -91,14 +117,21 @@ def row_coefficients(scale, scale_z, valid, smoothing, n_classes, z_loss):
     return coef
 
 
+def _row_losses(p, stats):
+    """Per-row losses (float64, 0 for ignored rows) from ``[lse, Σwqy, Σwq, Σwy]``."""
+    ce, zt = row_terms(stats, p.smoothing, p.n_classes, p.weight_sum, p.z_loss)
+    with np.errstate(invalid="ignore", over="ignore"):
+        return np.where(p.valid, ce + zt, 0.0)
+
+
 def _loss(p, stats):
     """Per-row losses from ``[lse, Σwqy, Σwq, Σwy]``, then the reduction."""
+    if p.reduction == "none":
+        return _row_losses(p, stats).astype(compute_dtype(p.dtype)).reshape(p.lead)
     ce, zt = row_terms(stats, p.smoothing, p.n_classes, p.weight_sum, p.z_loss)
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         ce = np.where(p.valid, ce, 0.0)
         zt = np.where(p.valid, zt, 0.0)
-        if p.reduction == "none":
-            return (ce + zt).astype(compute_dtype(p.dtype)).reshape(p.lead)
         if p.reduction == "sum":
             return float(np.sum(ce) + np.sum(zt))
         return float(np.float64(np.sum(ce)) / p.denom + np.float64(np.sum(zt)) / p.n_valid)
@@ -253,15 +286,20 @@ def cross_entropy_with_grad(logits, targets, *, reduction="mean", ignore_index=-
     p = _prepare(logits, targets, reduction, ignore_index, weight, label_smoothing, z_loss,
                  softcap, backend)
     coef = _coefficients(p, grad_output)
+    inputs = (("targets", targets), ("weight", weight), ("grad_output", grad_output))
     if inplace:
-        _checks.inplace_target(logits)
+        _checks.inplace_target(logits, inputs)
         target = logits
     elif out is not None:
-        target = _checks.out_array(out, _checks.logits_array(logits))
+        target = _checks.out_array(out, _checks.logits_array(logits),
+                                   (("logits", logits),) + inputs)
     else:
         target = np.empty(p.lead + (p.n_classes,), dtype=p.dtype)
-    direct = target.flags.c_contiguous and (not inplace or np.shares_memory(p.x, target))
-    buf = target if direct else np.empty(target.shape, dtype=target.dtype)  # C order
+    # straight into the destination when the kernels can write it (C order, native byte order;
+    # in place: the logits themselves, not a converted copy of them), else through a buffer
+    direct = (target.flags.c_contiguous and target.dtype.isnative
+              and (not inplace or np.shares_memory(p.x, target)))
+    buf = target if direct else np.empty(target.shape, _dtypes.native_dtype(target.dtype))
     gview = storage_view(buf).reshape(-1, p.n_classes)
     if inplace and not direct:
         gview[...] = p.x  # the kernel reads the logits from where it writes the gradient

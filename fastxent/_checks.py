@@ -1,5 +1,11 @@
 """Validation of user arguments, shared by every public function. Messages name the argument,
-what it was, and what is allowed."""
+what it was, and what is allowed.
+
+Arrays enter through :func:`host_array` (and :func:`logits_array`, :func:`real_values` on top of
+it): no copy for NumPy arrays, buffer-protocol objects and CPU tensors in the machine's byte
+order, one converted copy for arrays in the other byte order (``">f4"`` read from a file written
+on another machine), which the kernels could not read. Read-only arrays are used as they are.
+"""
 
 import math
 import numbers
@@ -9,24 +15,64 @@ import numpy as np
 from . import _arrays, _dtypes
 
 REDUCTIONS = ("mean", "sum", "none")
+_TOO_HARD = getattr(np, "exceptions", np).TooHardError  # (numpy.exceptions: NumPy 1.25+)
+
+
+def host_array(value, name, what="numbers"):
+    """``value`` as a NumPy array in native byte order: itself when it is one, a zero-copy view
+    of a buffer or CPU tensor (bfloat16 included), a converted copy otherwise."""
+    if isinstance(value, np.ndarray):
+        a = value
+    else:
+        if _arrays.is_device(value):
+            raise TypeError(f"{name} lives on a GPU, but the 'cpu' and 'numpy' backends take host "
+                            "arrays: pass backend='cuda' (or 'auto'), or copy it to the host")
+        a = _arrays.torch_bfloat16_host(value)
+        try:
+            a = np.asarray(value) if a is None else a
+        except Exception as exc:  # e.g. a torch tensor that requires grad
+            raise TypeError(f"{name} must be an array of {what}, got {type(value).__name__}: "
+                            f"{exc}") from exc
+    return native(a)
+
+
+def native(a):
+    """``a`` in the machine's byte order: itself, or one converted copy."""
+    if a.dtype.isnative:
+        return a
+    return a.astype(a.dtype.newbyteorder("="))
 
 
 def logits_array(logits, *, name="logits", scalar_ok=False):
-    """The logits as an ndarray (no copy for ndarrays and buffer-protocol objects)."""
-    if isinstance(logits, np.ndarray):
-        a = logits
-    else:
-        if _arrays.is_device(logits):
-            raise TypeError(f"{name} lives on a GPU, but the 'cpu' and 'numpy' backends take host "
-                            "arrays: pass backend='cuda' (or 'auto'), or copy it to the host")
-        a = _arrays.torch_bfloat16_host(logits)
-        try:
-            a = np.asarray(logits) if a is None else a
-        except Exception as exc:  # e.g. a torch tensor that requires grad
-            raise TypeError(f"{name} must be an array of floats, got {type(logits).__name__}: "
-                            f"{exc}") from exc
+    """The logits as an ndarray of a supported floating dtype (see :func:`host_array`)."""
+    a = logits if isinstance(logits, np.ndarray) else host_array(logits, name, "floats")
     logits_format(_dtypes.name(a.dtype), a.shape, name=name, shown=a.dtype, scalar_ok=scalar_ok)
+    return native(a)
+
+
+def real_dtype(a, name, what="an array of real numbers"):
+    """``a`` (an array) if its dtype holds real numbers: integers, or floats of any width
+    (float16 and bfloat16 included), not booleans."""
+    if a.dtype == np.bool_ or (a.dtype.kind not in "iuf" and not _dtypes.is_float(a.dtype)):
+        raise TypeError(f"{name} has dtype {a.dtype}: {name} must be {what} (integers, or "
+                        f"floats: {', '.join(_dtypes.SUPPORTED)})")
     return a
+
+
+def real_values(value, name, what="an array of real numbers"):
+    """An array of real numbers given as an option (class weights, ``pos_weight``, sample
+    weights, an upstream gradient), as float64: O(V) or O(N) values, copied."""
+    return real_dtype(host_array(value, name), name, what).astype(np.float64)
+
+
+def broadcast(a, shape, name, what):
+    """``a`` broadcast to ``shape`` (read-only view), or a ValueError naming ``name`` and
+    ``what`` the shape is."""
+    try:
+        return np.broadcast_to(a, tuple(shape))
+    except ValueError:
+        raise ValueError(f"{name} has shape {np.shape(a)}, which does not broadcast to {what} "
+                         f"{tuple(shape)}") from None
 
 
 # The checks below look at a dtype's name and a shape only, so that the host path and the GPU
@@ -73,10 +119,10 @@ def target_kind(dname, shape, logits_shape, shown=None):
                     f"floating probabilities ({', '.join(_dtypes.SUPPORTED)})")
 
 
-def weight_shape(shape, n_classes):
+def weight_shape(shape, n_classes, name="weight"):
     if tuple(shape) != (n_classes,):
-        raise ValueError(f"weight has shape {tuple(shape)}, expected ({n_classes},) to match "
-                         "logits.shape[-1]")
+        raise ValueError(f"{name} has shape {tuple(shape)}, expected ({n_classes},) to match "
+                         "logits.shape[-1] (one weight per class)")
 
 
 def like_logits(shape, dname, logits_shape, logits_dname):
@@ -118,15 +164,14 @@ def ignore_index(value):
     return int(value)
 
 
-def weight(value, n_classes):
-    """Class weights: None, or a 1-D real array of length V (negative values are allowed)."""
+def weight(value, n_classes, name="weight"):
+    """Class weights: None, or a 1-D real array of length V (negative values are allowed), as
+    float64."""
     if value is None:
         return None
-    w = np.asarray(value)
-    if w.dtype.kind not in "fiu" or w.dtype == np.bool_:
-        raise TypeError(f"weight has dtype {w.dtype}, expected a real (floating) dtype")
-    weight_shape(w.shape, n_classes)
-    return w.astype(np.float64)
+    w = real_values(value, name)
+    weight_shape(w.shape, n_classes, name)
+    return w
 
 
 def targets(value, logits_shape, ignore):
@@ -135,7 +180,7 @@ def targets(value, logits_shape, ignore):
     Returns ``(kind, array)``: ``("index", int64 array with -1 for ignored entries)`` or
     ``("prob", float array)``.
     """
-    t = value if isinstance(value, np.ndarray) else np.asarray(value)
+    t = host_array(value, "targets")
     n_classes = logits_shape[-1]
     if target_kind(_dtypes.name(t.dtype), t.shape, logits_shape, shown=t.dtype) == "prob":
         return "prob", t
@@ -158,38 +203,57 @@ def grad_output(value, red, loss_shape):
     """Upstream gradient: a scalar, or for reduction='none' an array broadcastable to the loss."""
     if isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)):
         return np.float64(value)
-    g = np.asarray(value)
-    if g.dtype.kind not in "fiu" or g.dtype == np.bool_:
-        raise TypeError(f"grad_output must be a real number or array, got dtype {g.dtype}")
-    g = g.astype(np.float64)
+    g = real_values(value, "grad_output", "a real number or array")
     if red != "none":
         if g.ndim != 0:
             raise ValueError(f"grad_output has shape {g.shape}; with reduction={red!r} the loss "
                              "is a scalar, so grad_output must be one")
         return g[()]
-    try:
-        return np.broadcast_to(g, loss_shape)
-    except ValueError:
-        raise ValueError(f"grad_output has shape {g.shape}, which does not broadcast to the "
-                         f"loss shape {loss_shape}") from None
+    return broadcast(g, loss_shape, "grad_output", "the loss shape")
 
 
-def out_array(out, logits):
+def out_array(out, like, inputs):
+    """``out``, where a gradient is written: a writable NumPy array with the shape and dtype of
+    ``like`` (the checked logits) that shares no memory with any of ``inputs`` ((name, value)
+    pairs as the caller passed them: the logits, targets, weights, upstream gradient)."""
     if not isinstance(out, np.ndarray):
         raise TypeError(f"out must be a NumPy array, got {type(out).__name__}")
-    like_logits(out.shape, out.dtype, logits.shape, logits.dtype)
+    # by name: an ``out`` in the other byte order gets the gradient through a buffer
+    like_logits(out.shape, _dtypes.name(out.dtype), like.shape, _dtypes.name(like.dtype))
     if not out.flags.writeable:
         raise ValueError("out is read-only")
-    if np.shares_memory(out, logits):
-        raise ValueError("out overlaps logits; to write the gradient over the logits pass "
-                         "inplace=True instead")
+    apart(out, "out", inputs)
     return out
 
 
-def inplace_target(logits):
-    """Checked before any work, so that a refused call leaves everything as it was."""
+def inplace_target(logits, inputs=()):
+    """Checked before any work, so that a refused call leaves everything as it was: the logits
+    must be a writable NumPy array sharing no memory with ``inputs`` (see :func:`out_array`)."""
     if not isinstance(logits, np.ndarray):
         raise TypeError("inplace=True needs logits to be a NumPy array that the gradient can "
                         f"overwrite, got {type(logits).__name__}")
     if not logits.flags.writeable:
         raise ValueError("inplace=True but logits is read-only (flags.writeable is False)")
+    apart(logits, "logits (overwritten by inplace=True)", inputs)
+
+
+def apart(dst, name, inputs):
+    """A ValueError if ``dst``, where results are written, shares memory with one of ``inputs``
+    ((name, value) pairs; values that are not NumPy arrays are skipped)."""
+    for other, a in inputs:
+        if isinstance(a, np.ndarray) and overlaps(dst, a):
+            hint = ("; to write the gradient over the logits pass inplace=True instead"
+                    if other in ("logits", "probs") and name == "out" else
+                    ": the result would be written over an input while it is read; pass "
+                    "arrays that share no memory")
+            raise ValueError(f"{name} overlaps {other}{hint}")
+
+
+def overlaps(a, b):
+    """Whether two arrays share memory (when that is too hard to decide: assumed so)."""
+    if not np.may_share_memory(a, b):
+        return False
+    try:
+        return bool(np.shares_memory(a, b, max_work=1 << 20))
+    except _TOO_HARD:
+        return True

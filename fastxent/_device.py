@@ -40,8 +40,8 @@ def _targets(ad, targets, shape):
         other = _arrays.adapter(targets)
         dname, tshape = other.dtype_name(targets), other.shape(targets)
     else:
-        t = np.asarray(targets)
-        dname, tshape = _dtypes.name(t.dtype), t.shape
+        targets = _checks.host_array(targets, "targets")
+        dname, tshape = _dtypes.name(targets.dtype), targets.shape
     kind = _checks.target_kind(dname, tshape, shape)
     if kind == "index":
         return kind, _foreign(ad, targets).reshape(-1)
@@ -54,10 +54,12 @@ def _weight(ad, weight, n_classes, compute):
     if _arrays.is_device(weight):
         other = _arrays.adapter(weight)
         dname, wshape = other.dtype_name(weight), other.shape(weight)
-        if dname not in ("float32", "float64"):
-            raise TypeError(f"weight on the GPU has dtype {dname}, expected float32 or float64")
+        if dname not in _dtypes.SUPPORTED:
+            raise TypeError(f"weight on the GPU has dtype {dname}, expected one of "
+                            f"{', '.join(_dtypes.SUPPORTED)}")
         _checks.weight_shape(wshape, n_classes)
-        return other.view(weight)
+        # the kernels read float32 or float64 weights; half precision is widened (V values)
+        return other.view(weight) if dname in ("float32", "float64") else other.float64(weight)
     w = _checks.weight(weight, n_classes)
     return ad.cuda.to_device(w.astype(compute), stream=ad.stream())
 
@@ -113,14 +115,18 @@ def _overlaps(ad, a, b):
     return a0 < b1 and b0 < a1
 
 
-def cross_entropy(logits, targets, *, reduction, ignore_index, weight, label_smoothing, z_loss,
-                  softcap, grad=False, grad_output=1.0, out=None, inplace=False,
-                  checked_targets=False):
-    """``_api.cross_entropy`` (``grad=False``) or ``_api.cross_entropy_with_grad`` on the GPU.
+def _apart(ad, dst, name, inputs):
+    """``_checks.apart`` for a GPU destination: no GPU input ((name, value) pairs) may share its
+    memory."""
+    for other, value in inputs:
+        if _arrays.is_device(value) and _overlaps(_arrays.adapter(value), value, dst):
+            raise ValueError(f"{name} overlaps {other}: the result would be written over an "
+                             "input while it is read; pass arrays that share no memory")
 
-    ``checked_targets``: the caller has checked the class indices on the host, so the call does
-    not wait for the kernel's out-of-range flag (its one synchronization) and returns with its
-    work queued."""
+
+def cross_entropy(logits, targets, *, reduction, ignore_index, weight, label_smoothing, z_loss,
+                  softcap, grad=False, grad_output=1.0, out=None, inplace=False):
+    """``_api.cross_entropy`` (``grad=False``) or ``_api.cross_entropy_with_grad`` on the GPU."""
     red = _checks.reduction(reduction)
     ignore = _checks.ignore_index(ignore_index)
     eps = _checks.real(label_smoothing, "label_smoothing", low=0.0, high=1.0)
@@ -128,6 +134,23 @@ def cross_entropy(logits, targets, *, reduction, ignore_index, weight, label_smo
     cap = _checks.softcap(softcap)
     if inplace and out is not None:
         raise ValueError("pass either out= or inplace=True, not both")
+    return _cross_entropy(logits, targets, red, ignore, weight, eps, z, cap, grad, grad_output,
+                          out, inplace, checked_targets=False)
+
+
+def chunk_losses(x, targets, *, weight, label_smoothing, z_loss, softcap, scale=None):
+    """``_api.chunk_losses`` on the GPU: the per-row losses of a chunk of logits ``x`` (a
+    tensor), and with ``scale`` the gradient over ``x``, from checked values. The class
+    indices were checked on the host, so the call queues its kernels without waiting for the
+    kernel's out-of-range flag (its one synchronization)."""
+    grad = scale is not None
+    loss = _cross_entropy(x, targets, "none", -1, weight, label_smoothing, z_loss, softcap, grad,
+                          scale if grad else 1.0, None, grad, checked_targets=True)
+    return loss[0] if grad else loss
+
+
+def _cross_entropy(logits, targets, red, ignore, weight, eps, z, cap, grad, grad_output, out,
+                   inplace, checked_targets):
     be, ad, dname, shape, lead, v, n = _rows(logits)
     compute = "float64" if dname == "float64" else "float32"
     kind, t = _targets(ad, targets, shape)
@@ -135,10 +158,11 @@ def cross_entropy(logits, targets, *, reduction, ignore_index, weight, label_smo
     go, go_rows, dst, grad_view = 1.0, None, None, None
     if grad:
         go, go_rows = _grad_output(ad, grad_output, red, lead)
+        inputs = (("targets", targets), ("weight", weight), ("grad_output", grad_output))
         if inplace:
-            _check_inplace(ad, logits)
+            _check_inplace(ad, logits, inputs)
         elif out is not None:
-            _check_out(ad, out, logits, dname, shape)
+            _check_out(ad, out, logits, dname, shape, inputs)
     x = ad.view(logits).reshape(n, v)
     if grad:
         if inplace and ad.kind != "host":
@@ -169,22 +193,24 @@ def _host_gradient(ad, grad_view, shape, logits, inplace, out):
     host = ad.host(grad_view).reshape(shape)
     target = logits if inplace else out
     if target is None:
-        return host.view(np.asarray(logits).dtype)
-    np.copyto(_dtypes.storage_view(target), host)
+        return host.view(_dtypes.native_dtype(np.asarray(logits).dtype))
+    _dtypes.copy_into(target, host)
     return target
 
 
-def _check_inplace(ad, logits):
+def _check_inplace(ad, logits, inputs):
     if ad.kind == "host":
-        _checks.inplace_target(logits)
+        _checks.inplace_target(logits, inputs)
     elif not ad.is_contiguous(logits):
         raise ValueError("inplace=True needs C-contiguous logits on the GPU (the gradient is "
                          "written over them)")
+    else:
+        _apart(ad, logits, "logits (overwritten by inplace=True)", inputs)
 
 
-def _check_out(ad, out, logits, dname, shape):
+def _check_out(ad, out, logits, dname, shape, inputs):
     if ad.kind == "host":
-        _checks.out_array(out, np.asarray(logits))
+        _checks.out_array(out, _checks.logits_array(logits), (("logits", logits),) + inputs)
         return
     if _arrays.adapter(out).kind != ad.kind:
         raise TypeError(f"out must be an array of the same kind as logits ({ad.kind}), got "
@@ -195,6 +221,7 @@ def _check_out(ad, out, logits, dname, shape):
     if _overlaps(ad, out, logits):
         raise ValueError("out overlaps logits; to write the gradient over the logits pass "
                          "inplace=True instead")
+    _apart(ad, out, "out", inputs)
 
 
 def logsumexp(logits):
@@ -257,7 +284,7 @@ def binary(kind, logits, targets, weights, pos_weight, eps, reduction, grad, gra
                             f"float64), got {other.dtype_name(targets)}")
         t = other.view(targets).reshape(n, v)
     else:
-        h = np.asarray(targets)
+        h = _checks.host_array(targets, "targets")
         if h.shape != tuple(shape):
             raise ValueError(f"targets has shape {h.shape}: expected the input's shape "
                              f"{tuple(shape)}")
@@ -274,11 +301,12 @@ def binary(kind, logits, targets, weights, pos_weight, eps, reduction, grad, gra
     total = ad.empty((1,), "float64")
     g = gview = None
     if grad:
+        inputs = (("targets", targets),)  # (weights come factored, on the host)
         if inplace:
-            _check_inplace(ad, logits)
+            _check_inplace(ad, logits, inputs)
             g, gview = logits, x
         elif out is not None:
-            _check_out(ad, out, logits, dname, shape)
+            _check_out(ad, out, logits, dname, shape, inputs)
             g = out
             gview = ad.view(out).reshape(n, v)
         else:

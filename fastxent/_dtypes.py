@@ -45,6 +45,18 @@ def storage_view(a):
     return a if store is None else a.view(store)
 
 
+def native_dtype(dtype):
+    """``dtype`` in the machine's byte order (``>f4`` → ``float32``)."""
+    d = np.dtype(dtype)
+    return d if d.isnative else d.newbyteorder("=")
+
+
+def copy_into(dst, src):
+    """Copy the storage view ``src`` (C-ordered, native) into ``dst``, an array of the dtype it
+    stores, whatever ``dst``'s strides and byte order."""
+    np.copyto(dst, src.view(native_dtype(dst.dtype)).reshape(dst.shape))
+
+
 def compute_dtype(dtype):
     """Accumulation dtype: float64 for float64 inputs, float32 for every narrower format."""
     return np.dtype(np.float64) if name(dtype) == "float64" else np.dtype(np.float32)

@@ -5,12 +5,14 @@ batches, nor on how the work was split among evaluators that are merged at the e
 """
 
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Dict, Optional
 
 import numpy as np
 
-from ._tokens import token_stats
+from . import _checks, _dispatch
+from ._tokens import TokenStats, token_stats
 
 
 class ExactSum:
@@ -172,12 +174,9 @@ class Evaluator:
     """
 
     def __init__(self, topk=(1, 5, 10), *, ignore_index=-100, backend="auto"):
-        ks = sorted({int(k) for k in topk})
-        if any(k < 1 for k in ks):
-            raise ValueError(f"topk must hold positive integers, got {tuple(topk)}")
-        self.topk = tuple(ks)
-        self.ignore_index = ignore_index
-        self.backend = backend
+        self.topk = _topk(topk)
+        self.ignore_index = _checks.ignore_index(ignore_index)
+        self.backend = _dispatch.checked(backend)
         self.tokens = 0
         self.correct = 0
         self.in_topk = dict.fromkeys(self.topk, 0)
@@ -205,9 +204,20 @@ class Evaluator:
         return stats
 
     def add(self, stats, targets, *, sequence_ids=None):
-        """Accumulate statistics computed elsewhere (:func:`token_stats` of the same targets)."""
-        t = np.asarray(targets)
+        """Accumulate statistics computed elsewhere (:func:`token_stats` of the same targets).
+
+        Everything is checked before anything is added: a call that raises leaves the
+        evaluator as it was."""
+        t = _checks.host_array(targets, "targets")
+        if t.dtype.kind not in "iu":
+            raise TypeError(f"targets must be integer class indices, got dtype {t.dtype}")
+        for name, values in zip(TokenStats._fields, stats):
+            if np.shape(values) != t.shape:
+                raise ValueError(f"stats.{name} has shape {np.shape(values)}, expected the "
+                                 f"targets' shape {t.shape}")
         valid = t != self.ignore_index
+        sequences = [] if sequence_ids is None else _sequence_sums(
+            stats.nll, valid, t.shape, sequence_ids)
         nll = stats.nll[valid]
         rank = stats.rank[valid]
         self.tokens += int(nll.size)
@@ -217,27 +227,11 @@ class Evaluator:
         _add(self.nll_sum, nll)
         _add(self.entropy_sum, stats.entropy[valid])
         _add(self.rr_sum, 1.0 / (rank + 1.0))
-        if sequence_ids is not None:
-            self._add_sequences(stats.nll, valid, t.shape, sequence_ids)
-        return self
-
-    def _add_sequences(self, nll, valid, shape, sequence_ids):
-        ids = np.asarray(sequence_ids)
-        if ids.dtype.kind not in "iu":
-            raise TypeError(f"sequence_ids must be integers, got dtype {ids.dtype}")
-        if ids.shape != shape:
-            if len(shape) == 2 and ids.shape == shape[:1]:
-                ids = np.broadcast_to(ids[:, None], shape)
-            else:
-                raise ValueError(f"sequence_ids has shape {ids.shape}: expected the targets' "
-                                 f"shape {shape}, or {shape[:1]} for 2-D targets")
-        uniq, inv = np.unique(ids.ravel(), return_inverse=True)
-        sums = np.bincount(inv, weights=np.where(valid, nll, 0.0).ravel(), minlength=uniq.size)
-        counts = np.bincount(inv, weights=valid.ravel(), minlength=uniq.size)
-        for i, s, c in zip(uniq.tolist(), sums.tolist(), counts.tolist()):
+        for i, total, count in sequences:
             acc = self._seq.setdefault(i, [ExactSum(), 0])
-            acc[0].add(s)
-            acc[1] += int(c)
+            acc[0].add(total)
+            acc[1] += count
+        return self
 
     def merge(self, other):
         """Add another evaluator's state (same ``topk`` and ``ignore_index``) to this one, as
@@ -278,6 +272,39 @@ class Evaluator:
                           topk={k: mean(c) for k, c in self.in_topk.items()},
                           entropy=mean(self.entropy_sum.value), mrr=mean(self.rr_sum.value),
                           sequences=sequences)
+
+
+def _topk(topk):
+    """The sorted distinct k of ``topk``: one positive integer or a sequence of them."""
+    ks = (topk,) if isinstance(topk, numbers.Integral) else topk
+    try:
+        ks = tuple(ks)
+    except TypeError:
+        raise TypeError(f"topk must hold positive integers (one k, or a sequence of them), "
+                        f"got {type(topk).__name__}") from None
+    if not ks or any(isinstance(k, (bool, np.bool_)) or not isinstance(k, numbers.Integral)
+                     or k < 1 for k in ks):
+        raise ValueError(f"topk must hold positive integers (one k, or a sequence of them), "
+                         f"got {topk!r}")
+    return tuple(sorted({int(k) for k in ks}))
+
+
+def _sequence_sums(nll, valid, shape, sequence_ids):
+    """(id, NLL sum, scored tokens) of each sequence in a batch, from the ids of its tokens:
+    the targets' ``shape``, or one id per row of 2-D targets."""
+    ids = _checks.host_array(sequence_ids, "sequence_ids")
+    if ids.dtype.kind not in "iu":
+        raise TypeError(f"sequence_ids must be integers, got dtype {ids.dtype}")
+    if ids.shape != shape:
+        if len(shape) == 2 and ids.shape == shape[:1]:
+            ids = np.broadcast_to(ids[:, None], shape)
+        else:
+            raise ValueError(f"sequence_ids has shape {ids.shape}: expected the targets' "
+                             f"shape {shape}, or {shape[:1]} for 2-D targets")
+    uniq, inv = np.unique(ids.ravel(), return_inverse=True)
+    sums = np.bincount(inv, weights=np.where(valid, nll, 0.0).ravel(), minlength=uniq.size)
+    counts = np.bincount(inv, weights=valid.ravel(), minlength=uniq.size)
+    return list(zip(uniq.tolist(), sums.tolist(), (int(c) for c in counts.tolist())))
 
 
 def _host(a):

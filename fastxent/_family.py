@@ -25,13 +25,14 @@ def _host_only(name, backend, array):
 def _rows(a):
     """(N, V) storage view of an array whose last axis is V (a 0-d array is one element)."""
     v = a.shape[-1] if a.ndim else 1
-    return storage_view(np.ascontiguousarray(a)).reshape(-1, v)
+    n = int(np.prod(a.shape[:-1], dtype=np.int64)) if a.ndim else 1
+    return storage_view(np.ascontiguousarray(a)).reshape(n, v)
 
 
 def _values(value, shape, name, like):
     """A floating array of ``shape`` for ``value`` (targets): floats as they are (any supported
     dtype), booleans and integers converted to the compute type of ``like``."""
-    t = _arrays_host(value)
+    t = _checks.host_array(value, name)
     if t.shape != tuple(shape):
         raise ValueError(f"{name} has shape {t.shape}: expected the input's shape "
                          f"{tuple(shape)}")
@@ -42,12 +43,6 @@ def _values(value, shape, name, like):
     raise TypeError(f"{name} has dtype {t.dtype}, expected floats (or booleans/integers)")
 
 
-def _arrays_host(value):
-    from ._arrays import torch_bfloat16_host
-    t = torch_bfloat16_host(value)
-    return np.asarray(value) if t is None else t
-
-
 def _factors(value, shape, name, dtype):
     """``value`` broadcast to ``shape``, as the kernels take it: ``(per class (V,), per row (N,),
     per element (N, V))``, each None where it is not needed. Class and row factors are O(V) and
@@ -55,19 +50,11 @@ def _factors(value, shape, name, dtype):
     compute type unless it already is one, C-contiguous)."""
     if value is None:
         return None, None, None
-    w = np.asarray(value)
-    if w.dtype.kind not in "fiu" or w.dtype == np.bool_:
-        if not _dtypes.is_float(w.dtype):
-            raise TypeError(f"{name} has dtype {w.dtype}, expected real numbers")
-        w = _dtypes.decode(w)
+    w = _checks.real_dtype(_checks.host_array(value, name), name)
     v = shape[-1] if len(shape) else 1
     n = int(np.prod(shape[:-1], dtype=np.int64)) if len(shape) else 1
-    try:
-        np.broadcast_shapes(w.shape, tuple(shape))
-    except ValueError:
-        raise ValueError(f"{name} has shape {w.shape}, which does not broadcast to the input's "
-                         f"shape {tuple(shape)}") from None
-    if len(np.broadcast_shapes(w.shape, tuple(shape))) != len(shape):
+    _checks.broadcast(w, shape, name, "the input's shape")
+    if w.ndim > len(shape):
         raise ValueError(f"{name} has shape {w.shape}: more dimensions than the input's "
                          f"{tuple(shape)}")
     compute = compute_dtype(dtype)
@@ -80,6 +67,16 @@ def _factors(value, shape, name, dtype):
         return None, np.ascontiguousarray(rows, dtype=compute), None
     full = np.broadcast_to(w, tuple(shape))
     return None, None, np.ascontiguousarray(full, dtype=compute).reshape(n, v)
+
+
+def _pos_weight(value, shape, dtype):
+    """The positive-class weights, one per class (the last axis), in the compute type."""
+    if value is None:
+        return None
+    v = shape[-1] if len(shape) else 1
+    pw = _checks.real_values(value, "pos_weight")
+    pw = _checks.broadcast(pw, (v,), "pos_weight", "one weight per class,")
+    return np.ascontiguousarray(pw, dtype=compute_dtype(dtype))
 
 
 def _eps(eps, dtype):
@@ -105,7 +102,15 @@ def _reduce(sums, losses, reduction, count, shape):
     return total / count if count else float("nan")
 
 
-def _raise_out_of_range(checks):
+def _raise_out_of_range(kind, a, t, bad):
+    """When the kernel counted ``bad`` elements out of range: the message of the first one, in
+    the probabilities (``a``, unless they are logits) or the targets ``t``."""
+    if bad:
+        _raise_first_out_of_range(([] if kind == LOGITS else [("probs", a, False)])
+                                  + [("targets", t, False)])
+
+
+def _raise_first_out_of_range(checks):
     """The message of the first element out of range, for ``(name, array, non-negative only)``
     checks (the arrays are read again only on this error path)."""
     for name, arr, low_only in checks:
@@ -130,16 +135,18 @@ def _device_binary(kind, name, x, targets, weight, pos_weight, red, eps, grad, g
     shape, dname = tuple(ad.shape(x)), ad.dtype_name(x)
     _checks.logits_format(dname, shape, name=name, scalar_ok=True)
     like = np.dtype(np.float64 if dname == "float64" else np.float32)
-    v = shape[-1] if shape else 1
-    pw = None
-    if pos_weight is not None:
-        pw = np.ascontiguousarray(np.broadcast_to(np.asarray(pos_weight, np.float64), (v,)),
-                                  dtype=like)
+    pw = _pos_weight(pos_weight, shape, like)
     size = int(np.prod(shape))
     gs = _grad_scale(grad_output, red, shape, size, like) if grad else None
-    loss, g = _device.binary(kind, x, targets, _factors(weight, shape, "weight", like), pw,
-                             _eps(eps, like), red, grad, gs, out, inplace,
-                             "probs and targets" if kind == PROBS else "targets")
+    weights = _factors(weight, shape, "weight", like)
+    what = "probs and targets" if kind == PROBS else "targets"
+    if grad and (inplace or out is not None):
+        # the kernel counts the inputs out of range while it writes: in the caller's memory,
+        # a pass of its own checks them first, so that a refused call has written nothing
+        _device.binary(kind, x, targets, weights, pw, _eps(eps, like), "sum", False, None, None,
+                       False, what)
+    loss, g = _device.binary(kind, x, targets, weights, pw, _eps(eps, like), red, grad, gs, out,
+                             inplace, what)
     return (loss, g) if grad else loss
 
 
@@ -152,18 +159,18 @@ def _binary_call(kind, name, x, targets, weight, pos_weight, reduction, eps, bac
     a = _checks.logits_array(x, name=name, scalar_ok=True)
     be = _host_only("binary_cross_entropy" + ("_with_logits" if kind == LOGITS else ""),
                     backend, x)
+    inputs = (("targets", targets), ("weight", weight), ("pos_weight", pos_weight),
+              ("grad_output", grad_output))
     if grad and inplace:  # before any work: a refused call changes nothing
-        _checks.inplace_target(x)
+        _checks.inplace_target(x, inputs)
         if not x.flags.c_contiguous:
-            raise ValueError("inplace=True needs C-contiguous logits")
+            raise ValueError(f"inplace=True needs C-contiguous {name}")
     t = _values(targets, a.shape, "targets", a.dtype)
     xs, ts = _rows(a), _rows(t)
     n, v = xs.shape
     weights = _factors(weight, a.shape, "weight", a.dtype)
-    pw = None
-    if pos_weight is not None:
-        pw = np.ascontiguousarray(np.broadcast_to(np.asarray(pos_weight, np.float64), (v,)),
-                                  dtype=compute_dtype(a.dtype))
+    pw = _pos_weight(pos_weight, a.shape, a.dtype)
+    clip = _eps(eps, a.dtype)
     losses = np.empty((n, v), compute_dtype(a.dtype)) if red == "none" else None
     g = gview = None
     gs = (None, None)
@@ -172,20 +179,25 @@ def _binary_call(kind, name, x, targets, weight, pos_weight, reduction, eps, bac
         if inplace:
             g = x
         elif out is not None:
-            g = _checks.out_array(out, a)
+            g = _checks.out_array(out, a, ((name, x),) + inputs)
         else:
             g = np.empty(a.shape, a.dtype)
-        # a non-contiguous out= gets the gradient through a contiguous buffer
-        gview = _rows(g) if g.flags.c_contiguous else np.empty((n, v), storage_view(g).dtype)
-    sums, bad = be.binary(kind, xs, ts, weights, pw, _eps(eps, a.dtype), losses, gview, gs)
-    if bad:
-        _raise_out_of_range(([] if kind == LOGITS else [("probs", a, False)])
-                            + [("targets", t, False)])
+        # the kernel writes C-ordered native arrays: the gradient of a non-contiguous out=, or of
+        # an array in the other byte order (whose values the kernel read from a copy), goes
+        # through a buffer
+        direct = g.flags.c_contiguous and g.dtype.isnative and (not inplace or g is a)
+        gview = _rows(g) if direct else np.empty((n, v), storage_view(a).dtype)
+        if inplace or out is not None:
+            # the kernel counts the inputs out of range while it writes: in the caller's memory,
+            # a pass of its own checks them first, so that a refused call has written nothing
+            _raise_out_of_range(kind, a, t, be.binary(kind, xs, ts, weights, pw, clip)[1])
+    sums, bad = be.binary(kind, xs, ts, weights, pw, clip, losses, gview, gs)
+    _raise_out_of_range(kind, a, t, bad)
     loss = _reduce(sums, losses, red, a.size, a.shape)
     if not grad:
         return loss
-    if not g.flags.c_contiguous:
-        np.copyto(storage_view(g), gview.reshape(g.shape))
+    if not direct:
+        _dtypes.copy_into(g, gview)
     return loss, g
 
 
@@ -394,23 +406,24 @@ def _from_probs(probs, targets, weight, sample_weight, ignore_index, reduction, 
     a = _checks.logits_array(probs, name="probs")
     red = _checks.reduction(reduction)
     ignore = _checks.ignore_index(ignore_index)
+    be = _host_only("cross_entropy_from_probs", backend, probs)
     v = a.shape[-1]
     lead = a.shape[:-1]
+    n = int(np.prod(lead, dtype=np.int64))
     w = _checks.weight(weight, v)
     clip = _eps(eps, a.dtype)
-    sw = np.ones(int(np.prod(lead)))
+    sw = np.ones(n)
     if sample_weight is not None:
-        s = np.asarray(sample_weight, dtype=np.float64)
+        s = _checks.real_values(sample_weight, "sample_weight")
         if s.shape != lead:
             raise ValueError(f"sample_weight has shape {s.shape}: expected one weight per row, "
                              f"{lead}")
         sw = s.reshape(-1)
     go = None if grad_output is None else _checks.grad_output(grad_output, red, lead)
-    t = _arrays_host(targets)
+    t = _checks.host_array(targets, "targets")
     grad = None
     if _dtypes.is_float(t.dtype) or t.shape == a.shape:
         q = _values(t, a.shape, "targets", a.dtype)
-        be = _host_only("cross_entropy_from_probs", backend, probs)
         denom_w = np.ones_like(sw)
         scale = None
         if go is not None:
@@ -421,11 +434,11 @@ def _from_probs(probs, targets, weight, sample_weight, ignore_index, reduction, 
                               grad=None if grad is None else _rows(grad),
                               scale=scale or (None, None))
         if bad:
-            _raise_out_of_range([("probs", a, False), ("targets", q, True)])
+            _raise_first_out_of_range([("probs", a, False), ("targets", q, True)])
     else:
         _, ti = _checks.targets(t, a.shape, ignore)
         valid = ti >= 0
-        flat = a.reshape(-1, v)
+        flat = a.reshape(n, v)
         at = (np.arange(flat.shape[0])[valid], ti[valid])
         pt = _dtypes.decode(flat[at])
         if ((pt < 0) | (pt > 1)).any():
@@ -507,7 +520,7 @@ def entropy(x, *, kind="logits", eps=None, backend="auto"):
     else:
         ent, bad = be.binary(CATEGORICAL, xs, xs, eps=_eps(eps, a.dtype))
         if bad:
-            _raise_out_of_range([("x", a, False)])
+            _raise_first_out_of_range([("x", a, False)])
     return ent.astype(compute_dtype(a.dtype)).reshape(a.shape[:-1])
 
 
@@ -546,7 +559,7 @@ def kl_divergence(p, q, *, kind="logits", reduction="none", eps=None, backend="a
         cross, bad_b = be.binary(CATEGORICAL, _rows(b), _rows(a), eps=clip_b)
         ent, bad_a = be.binary(CATEGORICAL, _rows(a), _rows(a), eps=clip_a)
         if bad_a or bad_b:
-            _raise_out_of_range([("p", a, False), ("q", b, False)])
+            _raise_first_out_of_range([("p", a, False), ("q", b, False)])
         kl = np.maximum(cross - ent, 0.0)
     return _reduce_rows(kl, red, a)
 

@@ -329,13 +329,12 @@ class _NumpyOps:
     def fused(x, t, scale, options):
         """The per-row losses of logits ``x`` (scaled by ``scale``), whose gradient replaces
         them."""
-        return _api.cross_entropy_with_grad(x, t, reduction="none", grad_output=scale,
-                                            inplace=True, **options)[0]
+        return _api.chunk_losses(x, t, scale=scale, **options)
 
     @staticmethod
     def loss(x, t, options):
         """The per-row losses of logits ``x``."""
-        return _api.cross_entropy(x, t, reduction="none", **options)
+        return _api.chunk_losses(x, t, **options)
 
     @staticmethod
     def put(losses, idx, loss):
@@ -407,8 +406,9 @@ def _prepare(hidden, weight, targets_, bias, reduction, ignore_index, ce_weight,
     ignore = _checks.ignore_index(ignore_index)
     t = targets(targets_, lead, v, ignore)
     cw = _checks.weight(ce_weight, v)
-    options = dict(ignore_index=ignore, weight=cw, backend=backend, **checked_options(
-        label_smoothing, z_loss, softcap))
+    _dispatch.checked(backend)
+    options = dict(weight=cw, backend=backend, **checked_options(label_smoothing, z_loss,
+                                                                 softcap))
     chunk = chunk_shape(chunk_size, int(np.count_nonzero(t >= 0)), v, h.dtype.itemsize, "cpu")
     h2 = np.ascontiguousarray(h.reshape(int(np.prod(lead)), hdim))
     return lead, h2, np.ascontiguousarray(w), b, t, cw, options, red, chunk

@@ -62,14 +62,12 @@ class _TorchOps:
     def fused(self, x, t, scale, options):
         if not self.cuda:
             return _linear._NumpyOps.fused(_host(x), t, scale, options)
-        # the targets were checked on the host: the call queues its kernels without waiting
-        return _device.cross_entropy(x, t, reduction="none", grad=True, grad_output=scale,
-                                     inplace=True, checked_targets=True, **options)[0]
+        return _device.chunk_losses(x, t, scale=scale, **options)
 
     def loss(self, x, t, options):
         if not self.cuda:
             return _linear._NumpyOps.loss(_host(x), t, options)
-        return _device.cross_entropy(x, t, reduction="none", checked_targets=True, **options)
+        return _device.chunk_losses(x, t, **options)
 
     def rows(self, a, idx):
         part = a[idx] if isinstance(idx, slice) else a[self._index(idx)]
@@ -167,8 +165,7 @@ def _prepare(hidden, weight, target, bias, ce_weight, ignore_index, label_smooth
     lead, hdim, v = _check(hidden, weight, bias, target)
     t = _linear.targets(target.detach().cpu().numpy(), lead, v, ignore_index)
     cw_host = None
-    options = dict(ignore_index=ignore_index, weight=None, **_linear.checked_options(
-        label_smoothing, z_loss, softcap))
+    options = dict(weight=None, **_linear.checked_options(label_smoothing, z_loss, softcap))
     if ce_weight is not None:
         cw_host = ce_weight.detach().cpu().to(torch.float64).numpy()
         if cw_host.shape != (v,):

@@ -509,13 +509,11 @@ def test_linear_cross_entropy_chunks_through_the_device_kernels(rng, monkeypatch
 
         @staticmethod
         def fused(x, t, scale, options):  # as fastxent.torch calls it for CUDA tensors
-            return _device.cross_entropy(x, t, reduction="none", grad=True, grad_output=scale,
-                                         inplace=True, checked_targets=True, **options)[0]
+            return _device.chunk_losses(x, t, scale=scale, **options)
 
         @staticmethod
         def loss(x, t, options):
-            return _device.cross_entropy(x, t, reduction="none", checked_targets=True,
-                                         **options)
+            return _device.chunk_losses(x, t, **options)
 
     n, h, v = 21, 6, 37
     hidden = rng.standard_normal((n, h)).astype(F32)
@@ -523,11 +521,12 @@ def test_linear_cross_entropy_chunks_through_the_device_kernels(rng, monkeypatch
     bias = rng.standard_normal(v).astype(F32)
     t = rng.integers(0, v, n)
     t[[2, 9]] = -100
-    # the options as fastxent.torch builds them, with and without class weights
+    # the options as fastxent.torch builds them, with and without class weights; negative
+    # weights rescale the z-loss coefficient below 0, which the chunks must take as it is
     torch = pytest.importorskip("torch")
     from fastxent._linear_torch import _prepare
     prepared = []
-    for cw in (rng.uniform(0.5, 2.0, v), None):
+    for cw in (rng.uniform(0.5, 2.0, v), -rng.uniform(0.5, 2.0, v), None):
         _, (_, _, _, _, th, cw_host, options), _ = _prepare(
             torch.tensor(hidden), torch.tensor(weight), torch.tensor(t), torch.tensor(bias),
             None if cw is None else torch.tensor(cw), -100, 0.1, 1e-3, 2.5, 5, None)

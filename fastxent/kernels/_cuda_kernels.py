@@ -229,7 +229,7 @@ def _coefficients(row, counted, red, go, go_rows, per_row_go, totals, eps, z, v,
     c0 = sc * (1.0 - eps)
     c1 = sc * eps / v
     big_a = c0 * swq + c1 * totals[2]
-    if z > 0:
+    if z != 0:  # (a negative z: a coefficient rescaled by negative class weights)
         big_a += sz * 2.0 * z * lse
     scl = _div(big_a, s)
     if lse == math.inf:  # as PyTorch: a row holding +inf has a NaN gradient
@@ -255,7 +255,7 @@ def _row_loss(lse, swqy, swq, swy, eps, z, v, wsum):
         ce += eps / v * (lse * wsum - swy)
     if lse == math.inf:  # PyTorch's log_softmax is NaN for a row holding +inf
         ce = math.nan
-    zt = z * lse * lse if z > 0 else 0.0
+    zt = z * lse * lse if z != 0 else 0.0
     return ce, zt
 
 

@@ -307,7 +307,7 @@ def _finish_row(st, r, yt, wt):
 def _row_grad(x, t, q, g, inplace, r, lo, hi, w, c, st, coef, w_sum, yt, wt, kept, bm):
     """Write the gradient of row r over [lo, hi) from its finished statistics: from the terms
     kept by the statistics pass when ``kept`` is given (scaled block by block), else recomputed
-    from the logits (soft-cap)."""
+    from the logits (soft-cap). ``inplace`` is True (``g`` is ``x``) or None."""
     m64 = st[r, 0]
     s = st[r, 1]
     lse = m64 + math.log(s)
@@ -323,7 +323,7 @@ def _row_grad(x, t, q, g, inplace, r, lo, hi, w, c, st, coef, w_sum, yt, wt, kep
     if kept is None:
         qs = _row_part(q, r, lo, hi)
         ws = _part(w, lo, hi)
-        if inplace:
+        if inplace is not None:
             _segment_grad(x[r, lo:hi], None, qs, ws, m, inv_s, a, c0c, c1c, c)
         else:
             _segment_grad(x[r, lo:hi], g[r, lo:hi], qs, ws, m, inv_s, a, c0c, c1c, c)
@@ -383,12 +383,15 @@ def _stats_impl(x, q, r, lo, hi, w, c, want_sy, g, inplace, kept, bm):
         def forward(x, q, r, lo, hi, w, c, want_sy, g, inplace, kept, bm):
             return _segment_stats(x, q, r, lo, hi, w, c, want_sy, None, None)
         return forward
-    if isinstance(kept, types.Boolean):
+    if isinstance(kept, types.Boolean) and isinstance(inplace, types.NoneType):
         def in_destination(x, q, r, lo, hi, w, c, want_sy, g, inplace, kept, bm):
-            if inplace:  # the tag, so that the terms overwrite the logits through one pointer
-                return _segment_stats(x, q, r, lo, hi, w, c, want_sy, True, bm)
             return _segment_stats(x, q, r, lo, hi, w, c, want_sy, g[r], bm)
         return in_destination
+    if isinstance(kept, types.Boolean):
+        def over_logits(x, q, r, lo, hi, w, c, want_sy, g, inplace, kept, bm):
+            # the tag True, so that the terms overwrite the logits through one pointer
+            return _segment_stats(x, q, r, lo, hi, w, c, want_sy, True, bm)
+        return over_logits
 
     def in_scratch(x, q, r, lo, hi, w, c, want_sy, g, inplace, kept, bm):
         return _segment_stats(x, q, r, lo, hi, w, c, want_sy, kept, bm)
@@ -515,7 +518,9 @@ def _run(x, targets, weight, softcap, want_sy, coef, grad):
     w_sum = float(v) if weight is None else float(np.sum(weight, dtype=np.float64))
     c = None if softcap is None else float(softcap)
     nchunk, size = _plan(n, v)
-    inplace = grad is not None and _same_memory(grad, x)
+    # True or None, not a bool: ``is not None`` is decided when the kernel is compiled, so the
+    # branches that write over ``x`` are not compiled for an out-of-place call (read-only logits)
+    inplace = True if grad is not None and _same_memory(grad, x) else None
     keep = scratch = bm = None
     if grad is not None and c is None:
         # the statistics pass keeps exp(y - block max) for the gradient pass, which then only
