@@ -28,10 +28,17 @@ class _Problem:
     valid: np.ndarray  # (N,) bool
     denom: float  # what "mean" divides the cross-entropy by
     n_valid: int  # what "mean" divides the z-loss by
+    shift: int = 0  # targets ``shift`` positions ahead (``_checks.shifted``)
 
     @property
     def n_classes(self):
         return self.x.shape[1]
+
+    def per_row(self, values):
+        """(N,) float64 values of the rows as the user sees them: the compute type, the loss's
+        shape (without the last ``shift`` positions, which have no target)."""
+        return _checks.unshifted(values.astype(compute_dtype(self.dtype)).reshape(self.lead),
+                                 self.shift)
 
     @property
     def weight_sum(self):
@@ -39,7 +46,7 @@ class _Problem:
 
 
 def _prepare(logits, targets, reduction, ignore_index, weight, label_smoothing, z_loss, softcap,
-             backend):
+             backend, shift=0):
     """The user's arguments, checked, as a :class:`_Problem`."""
     a = _checks.logits_array(logits)
     red = _checks.reduction(reduction)
@@ -49,11 +56,14 @@ def _prepare(logits, targets, reduction, ignore_index, weight, label_smoothing, 
     cap = _checks.softcap(softcap)
     _checks.classes(a.shape)
     w = _checks.weight(weight, a.shape[-1])
+    s = _checks.shift(shift, a.shape)
+    if s:
+        targets = _checks.shifted(targets, a.shape[:-1], s, ignore, a.shape[-1])
     kind, t = _checks.targets(targets, a.shape, ignore)
-    return _problem(_dispatch.choose(backend, a), a, kind, t, w, eps, z, cap, red)
+    return _problem(_dispatch.choose(backend, a), a, kind, t, w, eps, z, cap, red, s)
 
 
-def _problem(be, a, kind, t, w, eps, z, cap, red):
+def _problem(be, a, kind, t, w, eps, z, cap, red, shift=0):
     """A :class:`_Problem` from checked values: ``a`` the logits (..., V), ``t`` int64 class
     indices (N,) with -1 for ignored rows or probabilities like ``a``, ``w`` float64 or None."""
     n_classes = a.shape[-1]
@@ -69,25 +79,28 @@ def _problem(be, a, kind, t, w, eps, z, cap, red):
         n_valid = n
         denom = float(n)  # as PyTorch: probability targets average over rows, whatever the weights
     return _Problem(be, a.dtype, x, kind, t, w, eps, z, cap, red, a.shape[:-1], valid, denom,
-                    n_valid)
+                    n_valid, shift)
 
 
 def chunk_losses(x, targets, *, weight, label_smoothing, z_loss, softcap, backend="auto",
-                 scale=None):
+                 scale=None, lse=False):
     """The per-row losses (float64, 0 for ignored rows) of a chunk of logits ``x`` (N, V), for
     fastxent's own loops (the fused linear cross-entropy): the arguments were checked by the
     public function, and the coefficients it passes may be what no user may pass (a z-loss
     coefficient rescaled by negative class weights). ``targets``: int64 class indices with -1 for
     ignored rows, or probabilities like ``x``. With ``scale`` (each row's upstream gradient, or
-    one for all), the gradient is written over ``x``."""
+    one for all), the gradient is written over ``x``. Returns ``(losses, lse)``: ``lse``, each
+    row's log-sum-exp (0 for ignored rows), when asked for, else None."""
     kind = "index" if targets.ndim == 1 else "prob"
     p = _problem(_dispatch.choose(backend, x), x, kind, targets, weight, label_smoothing, z_loss,
                  softcap, "none")
     if scale is None:
-        return _row_losses(p, _stats(p))
-    s = np.broadcast_to(np.asarray(scale, np.float64), p.valid.shape)
-    coef = row_coefficients(s, s, p.valid, p.smoothing, p.n_classes, p.z_loss)
-    return _row_losses(p, _stats(p, coef, p.x))
+        stats = _stats(p)
+    else:
+        s = np.broadcast_to(np.asarray(scale, np.float64), p.valid.shape)
+        stats = _stats(p, row_coefficients(s, s, p.valid, p.smoothing, p.n_classes, p.z_loss),
+                       p.x)
+    return _row_losses(p, stats), (np.where(p.valid, stats[:, 0], 0.0) if lse else None)
 
 
 def _stats(p, coef=None, grad=None):
@@ -127,7 +140,7 @@ def _row_losses(p, stats):
 def _loss(p, stats):
     """Per-row losses from ``[lse, Σwqy, Σwq, Σwy]``, then the reduction."""
     if p.reduction == "none":
-        return _row_losses(p, stats).astype(compute_dtype(p.dtype)).reshape(p.lead)
+        return p.per_row(_row_losses(p, stats))
     ce, zt = row_terms(stats, p.smoothing, p.n_classes, p.weight_sum, p.z_loss)
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         ce = np.where(p.valid, ce, 0.0)
@@ -137,13 +150,41 @@ def _loss(p, stats):
         return float(np.float64(np.sum(ce)) / p.denom + np.float64(np.sum(zt)) / p.n_valid)
 
 
+def z_part(lse, z_loss, reduction, n_valid):
+    """The z-loss term of rows whose log-sum-exps are ``lse`` (0 for rows that do not count),
+    reduced as the loss is: per row for "none", their sum, or their mean over the ``n_valid``
+    counted rows (NumPy arrays or tensors)."""
+    rows = z_loss * lse * lse if z_loss else lse * 0.0
+    if reduction == "none":
+        return rows
+    total = rows.sum()
+    return total if reduction == "sum" else total / n_valid
+
+
+def _result(p, stats, want_z, want_lse):
+    """The loss, or with the parts asked for ``(loss, z_loss, lse)`` (see :func:`cross_entropy`):
+    the z-loss term reduced as the loss is, and each row's log-sum-exp (0 for ignored rows)."""
+    loss = _loss(p, stats)
+    if not (want_z or want_lse):
+        return loss
+    lse = np.where(p.valid, stats[:, 0], 0.0)
+    parts = (loss,)
+    if want_z:
+        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+            z = z_part(lse, p.z_loss, p.reduction, np.float64(p.n_valid))
+        parts += (p.per_row(z) if p.reduction == "none" else float(z),)
+    if want_lse:
+        parts += (p.per_row(lse),)
+    return parts
+
+
 def _coefficients(p, grad_output):
     """(N, 3) float64 [c0, c1, c2] of the gradient formula for each row (zeros for ignored)."""
-    go = _checks.grad_output(grad_output, p.reduction, p.lead)
+    go = _checks.grad_output(grad_output, p.reduction, _checks.shifted_shape(p.lead, p.shift))
     n = p.x.shape[0]
     with np.errstate(invalid="ignore", divide="ignore"):
         if p.reduction == "none":
-            s = np.broadcast_to(go, p.lead).reshape(-1)
+            s = _checks.padded(go, p.lead, p.shift).reshape(-1)
             s_z = s
         elif p.reduction == "sum":
             s = s_z = np.full(n, go)
@@ -154,7 +195,8 @@ def _coefficients(p, grad_output):
 
 
 def cross_entropy(logits, targets, *, reduction="mean", ignore_index=-100, weight=None,
-                  label_smoothing=0.0, z_loss=0.0, softcap=None, backend="auto"):
+                  label_smoothing=0.0, z_loss=0.0, softcap=None, shift=0, backend="auto",
+                  return_z_loss=False, return_lse=False):
     """Softmax cross-entropy of logits against class indices or probabilities.
 
     Streams over the class axis: no array of the logits' size is created.
@@ -183,11 +225,23 @@ def cross_entropy(logits, targets, *, reduction="mean", ignore_index=-100, weigh
         Liger-Kernel.
     softcap : float > 0, optional
         Applies ``softcap * tanh(logits / softcap)`` before everything else (Gemma 2).
+    shift : int or bool
+        For causal language models: score the logits of position ``i`` against the target of
+        position ``i + shift`` along the time axis, ``logits`` ``(..., T, V)`` with class-index
+        ``targets`` ``(..., T)`` (``True`` is 1), without copying the logits. The same as
+        ``cross_entropy(logits[..., :-shift, :], targets[..., shift:])``; per-row results have
+        the shape ``(..., T - shift)``.
     backend : {"auto", "cpu", "cuda", "numpy"}
         ``"cpu"``: Numba kernels; ``"cuda"``: Numba CUDA kernels on an NVIDIA GPU (host arrays are
         copied there and back); ``"numpy"``: the float64 reference; ``"auto"``: ``"cuda"`` for
         arrays that live on a GPU (anything exporting ``__cuda_array_interface__``: PyTorch
         CUDA tensors, CuPy and Numba device arrays), else ``"cpu"``.
+    return_z_loss : bool
+        Also return the z-loss term, reduced as the loss is (its part of the loss, which
+        includes it), as Liger-Kernel's ``return_z_loss``.
+    return_lse : bool
+        Also return each row's log-sum-exp (of the soft-capped logits), the loss's shape for
+        ``reduction="none"``, 0 for ignored rows, as Cut Cross-Entropy's ``return_lse``.
 
     Returns
     -------
@@ -195,6 +249,8 @@ def cross_entropy(logits, targets, *, reduction="mean", ignore_index=-100, weigh
         A Python float for ``"mean"``/``"sum"`` (NaN for a mean over no valid row, 0.0 for a sum
         over no row); for ``"none"`` an array in float32 (float64 for float64 logits). For logits
         on a GPU the loss stays there: a 0-d array (or one per row) of the logits' kind.
+        With ``return_z_loss`` or ``return_lse``, the tuple ``(loss, z_loss, lse)`` of those
+        asked for.
 
     Raises
     ------
@@ -218,20 +274,34 @@ def cross_entropy(logits, targets, *, reduction="mean", ignore_index=-100, weigh
     0.0
     >>> fx.cross_entropy(np.zeros((2, 4), np.float32), np.array([1, 3]), reduction="none")
     array([1.3862944, 1.3862944], dtype=float32)
+    >>> loss, lse = fx.cross_entropy(logits, np.array([0]), return_lse=True)
+    >>> lse.round(4)
+    array([2.417], dtype=float32)
+
+    A causal language model's logits against the next tokens, ``(B, T, V)`` and ``(B, T)``:
+
+    >>> x = np.random.default_rng(0).standard_normal((2, 5, 7)).astype(np.float32)
+    >>> labels = np.array([[1, 2, 3, 4, 5], [6, 5, 4, 3, -100]])
+    >>> a = fx.cross_entropy(x, labels, shift=1)
+    >>> b = fx.cross_entropy(x[:, :-1], labels[:, 1:])
+    >>> bool(np.isclose(a, b))
+    True
     """
     if _dispatch.uses_cuda(backend, logits):
         return _device.cross_entropy(logits, targets, reduction=reduction,
                                      ignore_index=ignore_index, weight=weight,
                                      label_smoothing=label_smoothing, z_loss=z_loss,
-                                     softcap=softcap)
+                                     softcap=softcap, shift=shift,
+                                     parts=(return_z_loss, return_lse))
     p = _prepare(logits, targets, reduction, ignore_index, weight, label_smoothing, z_loss,
-                 softcap, backend)
-    return _loss(p, _stats(p))
+                 softcap, backend, shift)
+    return _result(p, _stats(p), return_z_loss, return_lse)
 
 
 def cross_entropy_with_grad(logits, targets, *, reduction="mean", ignore_index=-100, weight=None,
-                            label_smoothing=0.0, z_loss=0.0, softcap=None, backend="auto",
-                            grad_output=1.0, out=None, inplace=False):
+                            label_smoothing=0.0, z_loss=0.0, softcap=None, shift=0,
+                            backend="auto", grad_output=1.0, out=None, inplace=False,
+                            return_z_loss=False, return_lse=False):
     """Cross-entropy and its gradient with respect to the logits, in one fused pass.
 
     Each row is read from memory once for its statistics and once more, from cache, to write
@@ -250,10 +320,12 @@ def cross_entropy_with_grad(logits, targets, *, reduction="mean", ignore_index=-
 
     Returns
     -------
-    loss : float or ndarray
-        As :func:`cross_entropy`.
+    loss : float or ndarray, or tuple
+        As :func:`cross_entropy` (with ``return_z_loss`` or ``return_lse``, the tuple of the
+        parts asked for).
     grad : ndarray
-        The gradient, in the logits' dtype and shape (``out`` or ``logits`` when given).
+        The gradient of the loss, in the logits' dtype and shape (``out`` or ``logits`` when
+        given); with ``shift``, zeros at the last ``shift`` positions.
 
     Notes
     -----
@@ -281,10 +353,11 @@ def cross_entropy_with_grad(logits, targets, *, reduction="mean", ignore_index=-
         return _device.cross_entropy(logits, targets, reduction=reduction,
                                      ignore_index=ignore_index, weight=weight,
                                      label_smoothing=label_smoothing, z_loss=z_loss,
-                                     softcap=softcap, grad=True, grad_output=grad_output, out=out,
-                                     inplace=inplace)
+                                     softcap=softcap, shift=shift,
+                                     parts=(return_z_loss, return_lse), grad=True,
+                                     grad_output=grad_output, out=out, inplace=inplace)
     p = _prepare(logits, targets, reduction, ignore_index, weight, label_smoothing, z_loss,
-                 softcap, backend)
+                 softcap, backend, shift)
     coef = _coefficients(p, grad_output)
     inputs = (("targets", targets), ("weight", weight), ("grad_output", grad_output))
     if inplace:
@@ -304,7 +377,7 @@ def cross_entropy_with_grad(logits, targets, *, reduction="mean", ignore_index=-
     if inplace and not direct:
         gview[...] = p.x  # the kernel reads the logits from where it writes the gradient
         p.x = gview
-    loss = _loss(p, _stats(p, coef, gview))
+    loss = _result(p, _stats(p, coef, gview), return_z_loss, return_lse)
     if not direct:
         np.copyto(target, buf)
     return loss, target

@@ -199,6 +199,72 @@ def out_of_range(pos, value, n_classes, ignore):
             f"equal ignore_index={ignore}")
 
 
+def shift(value, shape, name="logits"):
+    """``shift=`` of a causal language model: how many positions ahead of each row its target
+    lies, along the time axis (-2) of ``shape`` ((..., T, V) logits or (..., T, H) hidden
+    states). 0 (or False) for none, True for 1."""
+    if value is None or value is False:
+        return 0
+    if isinstance(value, (bool, np.bool_)):
+        return 1
+    if not isinstance(value, numbers.Integral):
+        raise TypeError(f"shift must be an integer or a bool, got {type(value).__name__}")
+    if value == 0:
+        return 0
+    if len(shape) < 2:
+        raise ValueError(f"shift={value} needs a time axis: {name} of shape (..., T, "
+                         f"{'V' if name == 'logits' else 'H'}), got {tuple(shape)}")
+    if not 0 < value < shape[-2]:
+        raise ValueError(f"shift={value} must be in [0, {shape[-2]}): {name}.shape[-2] is the "
+                         f"time axis, T = {shape[-2]}")
+    return int(value)
+
+
+def shifted(targets, lead, s, ignore, n_classes):
+    """Class indices of shape ``lead`` (..., T) moved ``s`` positions back along their last axis,
+    so that position i holds the target of position i + s; the last ``s`` positions, which have
+    no target, hold ``ignore``. One int64 copy of the targets (O(N)); the logits are not
+    touched. The targets used are checked here (an error names their own position); the first
+    ``s``, which no position predicts, are not read."""
+    t = host_array(targets, "targets")
+    if t.dtype.kind not in "iu":
+        raise TypeError(f"targets has dtype {t.dtype}: shift= takes integer class indices")
+    if t.shape != tuple(lead):
+        raise ValueError(f"targets has shape {t.shape}, expected {tuple(lead)} (the logits' "
+                         "shape without the classes) for shift=")
+    used = t[..., s:]
+    bad = (used != ignore) & ((used < 0) | (used >= n_classes))
+    if bad.any():
+        pos = [int(i) for i in np.argwhere(bad)[0]]
+        value = int(used[tuple(pos)])
+        pos[-1] += s
+        raise IndexError(out_of_range(tuple(pos), value, n_classes, ignore))
+    out = np.full(t.shape, ignore, np.int64)
+    out[..., :t.shape[-1] - s] = used
+    return out
+
+
+def shifted_shape(lead, s):
+    """The shape of per-row results (losses, log-sum-exps) under ``shift=s``: the last ``s``
+    positions of the time axis have no target, and no result."""
+    return tuple(lead) if not s else tuple(lead[:-1]) + (lead[-1] - s,)
+
+
+def unshifted(rows, s):
+    """Per-row results of shape (..., T) → (..., T - s) (a contiguous copy when ``s``)."""
+    return rows if not s else np.ascontiguousarray(rows[..., :rows.shape[-1] - s])
+
+
+def padded(values, lead, s):
+    """Per-row values given for the ``shifted_shape`` → shape ``lead``, zeros for the last ``s``
+    positions."""
+    if not s:
+        return np.broadcast_to(values, lead)
+    out = np.zeros(lead)
+    out[..., :lead[-1] - s] = values
+    return out
+
+
 def grad_output(value, red, loss_shape):
     """Upstream gradient: a scalar, or for reduction='none' an array broadcastable to the loss."""
     if isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)):

@@ -125,7 +125,8 @@ def _apart(ad, dst, name, inputs):
 
 
 def cross_entropy(logits, targets, *, reduction, ignore_index, weight, label_smoothing, z_loss,
-                  softcap, grad=False, grad_output=1.0, out=None, inplace=False):
+                  softcap, shift=0, parts=(False, False), grad=False, grad_output=1.0, out=None,
+                  inplace=False):
     """``_api.cross_entropy`` (``grad=False``) or ``_api.cross_entropy_with_grad`` on the GPU."""
     red = _checks.reduction(reduction)
     ignore = _checks.ignore_index(ignore_index)
@@ -135,30 +136,53 @@ def cross_entropy(logits, targets, *, reduction, ignore_index, weight, label_smo
     if inplace and out is not None:
         raise ValueError("pass either out= or inplace=True, not both")
     return _cross_entropy(logits, targets, red, ignore, weight, eps, z, cap, grad, grad_output,
-                          out, inplace, checked_targets=False)
+                          out, inplace, checked_targets=False, shift=shift, parts=parts)
 
 
-def chunk_losses(x, targets, *, weight, label_smoothing, z_loss, softcap, scale=None):
-    """``_api.chunk_losses`` on the GPU: the per-row losses of a chunk of logits ``x`` (a
-    tensor), and with ``scale`` the gradient over ``x``, from checked values. The class
-    indices were checked on the host, so the call queues its kernels without waiting for the
-    kernel's out-of-range flag (its one synchronization)."""
+def chunk_losses(x, targets, *, weight, label_smoothing, z_loss, softcap, scale=None,
+                 lse=False):
+    """``_api.chunk_losses`` on the GPU: the per-row losses (and log-sum-exps, or None) of a
+    chunk of logits ``x`` (a tensor), and with ``scale`` the gradient over ``x``, from checked
+    values. The class indices were checked on the host, so the call queues its kernels without
+    waiting for the kernel's out-of-range flag (its one synchronization)."""
     grad = scale is not None
-    loss = _cross_entropy(x, targets, "none", -1, weight, label_smoothing, z_loss, softcap, grad,
-                          scale if grad else 1.0, None, grad, checked_targets=True)
-    return loss[0] if grad else loss
+    result = _cross_entropy(x, targets, "none", -1, weight, label_smoothing, z_loss, softcap,
+                            grad, scale if grad else 1.0, None, grad, checked_targets=True,
+                            parts=(False, lse))
+    loss = result[0] if grad else result
+    return loss if lse else (loss, None)
+
+
+def _host_values(a):
+    """A GPU array's values on the host (O(N) values: targets, upstream gradients), or a host
+    array as it is."""
+    if not _arrays.is_device(a):
+        return a
+    other = _arrays.adapter(a)
+    half = other.dtype_name(a) in ("float16", "bfloat16")  # (whose storage views are integers)
+    host = (other.float64(a) if half else other.view(a)).copy_to_host(stream=other.stream())
+    other.stream().synchronize()
+    return host
 
 
 def _cross_entropy(logits, targets, red, ignore, weight, eps, z, cap, grad, grad_output, out,
-                   inplace, checked_targets):
+                   inplace, checked_targets, shift=0, parts=(False, False)):
     be, ad, dname, shape, lead, v, n = _rows(logits)
     compute = "float64" if dname == "float64" else "float32"
+    s = _checks.shift(shift, shape)
+    user_targets = targets
+    if s:  # shifted on the host (O(N), checked there), so the kernels need not report a target
+        targets = _checks.shifted(_host_values(targets), lead, s, ignore, v)
+        checked_targets = True
     kind, t = _targets(ad, targets, shape)
     w = _weight(ad, weight, v, compute)
     go, go_rows, dst, grad_view = 1.0, None, None, None
     if grad:
+        if s and red == "none" and not isinstance(grad_output, numbers.Real):
+            grad_output = _checks.padded(_checks.grad_output(
+                _host_values(grad_output), red, _checks.shifted_shape(lead, s)), lead, s)
         go, go_rows = _grad_output(ad, grad_output, red, lead)
-        inputs = (("targets", targets), ("weight", weight), ("grad_output", grad_output))
+        inputs = (("targets", user_targets), ("weight", weight), ("grad_output", grad_output))
         if inplace:
             _check_inplace(ad, logits, inputs)
         elif out is not None:
@@ -172,19 +196,37 @@ def _cross_entropy(logits, targets, red, ignore, weight, eps, z, cap, grad, grad
         else:
             dst = out if out is not None else ad.empty(shape, dname)
             grad_view = ad.view(dst).reshape(n, v)
-    res = ad.empty((n,) if red == "none" else (1,), compute)
+    per_row = (n,) if red == "none" else (1,)
+    res = ad.empty(per_row, compute)
+    z_res = ad.empty(per_row, compute) if parts[0] else None
+    lse_res = ad.empty((n,), compute) if parts[1] else None
     stream = ad.stream()
     bad = be.run(x, be.INDEX if kind == "index" else be.PROBS, t if kind == "index" else None,
                  ignore, t if kind == "prob" else None, w, eps, z, cap, eps > 0, red, go, go_rows,
-                 grad_view, ad.view(res), stream, ad.scratch)
+                 grad_view, ad.view(res), stream, ad.scratch,
+                 tuple(None if a is None else ad.view(a) for a in (z_res, lse_res)))
     if kind == "index" and not checked_targets:
         _raise_bad_target(bad, t, lead, v, ignore, stream)
-    loss = ad.reshape(res, lead) if red == "none" else ad.scalar(res)
+
+    def per_row_result(a):
+        return _unshifted(ad, ad.reshape(a, lead), s) if red == "none" else ad.scalar(a)
+
+    loss = per_row_result(res)
+    if any(parts):
+        loss = (loss,) + ((per_row_result(z_res),) if parts[0] else ()) + (
+            (_unshifted(ad, ad.reshape(lse_res, lead), s),) if parts[1] else ())
     if not grad:
         return loss
     if ad.kind == "host":
         return loss, _host_gradient(ad, grad_view, shape, logits, inplace, out)
     return loss, dst
+
+
+def _unshifted(ad, rows, s):
+    """``_checks.unshifted`` for results of the caller's kind (a view on the GPU)."""
+    if isinstance(rows, np.ndarray):
+        return _checks.unshifted(rows, s)
+    return rows if not s else rows[..., :tuple(rows.shape)[-1] - s]
 
 
 def _host_gradient(ad, grad_view, shape, logits, inplace, out):

@@ -14,6 +14,7 @@ import zlib
 import numpy as np
 
 from . import _dtypes
+from ._argtypes import positive_float
 from ._memory import peak_rss_bytes
 from ._evaluator import Evaluator
 from ._files import ArraySource, FileFormatError
@@ -34,7 +35,7 @@ def add_arguments(p):
                    help="top-k accuracies to report (default: 1,5,10)")
     p.add_argument("--ignore-index", type=int, default=-100,
                    help="target value that is not scored (default: -100)")
-    p.add_argument("--batch-mb", type=float, default=256.0, metavar="MIB",
+    p.add_argument("--batch-mb", type=positive_float, default=256.0, metavar="MIB",
                    help="logits read per batch, in MiB (default: 256): the memory it takes")
     p.add_argument("--dtype", choices=["bfloat16", "float16", "float32", "float64"],
                    help="read the logits as this dtype (NumPy saves bfloat16 as raw 2-byte "
@@ -149,8 +150,8 @@ def evaluate(args):
 def run(args, parser):
     try:
         result, facts = evaluate(args)
-    except (FileNotFoundError, FileFormatError, ValueError, IndexError, zipfile.BadZipFile,
-            zlib.error, EOFError, RuntimeError) as exc:  # RuntimeError: a backend not usable here
+    except (OSError, FileFormatError, ValueError, IndexError, zipfile.BadZipFile, zlib.error,
+            EOFError, RuntimeError) as exc:  # RuntimeError: a backend not usable here
         parser.error(str(exc))
     if args.json:
         print(json.dumps(dict(result.as_dict(), **facts), indent=2))

@@ -14,6 +14,8 @@ import zipfile
 
 import numpy as np
 
+from . import _dtypes
+
 _ZIP_LOCAL_HEADER = 30  # bytes of a zip local file header before the name and extra field
 
 
@@ -40,6 +42,11 @@ def _as_dtype(dtype, override, where):
         if want.itemsize != dtype.itemsize:
             raise FileFormatError(f"{where} holds {dtype} values ({dtype.itemsize} bytes), which "
                                   f"cannot be read as {want}")
+        if not dtype.isnative:  # the file's byte order is kept: its own dtype only
+            if _dtypes.name(dtype) != _dtypes.name(want):
+                raise FileFormatError(f"{where} holds {dtype.str} values (the other byte order), "
+                                      f"which can be read as {_dtypes.name(dtype)} only")
+            return dtype
         return want
     if dtype.kind == "V" and dtype.itemsize == 2:
         raise FileFormatError(f"{where} holds raw 2-byte values (how NumPy saves bfloat16): "
@@ -57,6 +64,8 @@ class ArraySource:
         self.path = path
         if not os.path.exists(path):
             raise FileNotFoundError(f"no such file: {path}")
+        if os.path.isdir(path):
+            raise FileFormatError(f"{path} is a directory, not a .npy or .npz file")
         self._member = None
         if zipfile.is_zipfile(path):
             self.shape, fortran, raw = self._open_npz(path, key, default_key)

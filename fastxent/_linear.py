@@ -24,6 +24,7 @@ passes its own, with PyTorch's.
 """
 
 import numbers
+from typing import NamedTuple
 
 import numpy as np
 
@@ -55,14 +56,15 @@ def _positive(value, chunk_size):
     return int(value)
 
 
-def chunk_shape(chunk_size, n_rows, n_classes, itemsize, where):
+def chunk_shape(chunk_size, n_rows, n_classes, itemsize, where, whole_rows=False):
     """(rows, classes) per chunk, ``classes`` None for whole rows: ``chunk_size`` when given (an
     int of rows, or a pair ``(rows, classes)``), else chosen from ``BUDGET[where]``: as many
     whole rows as fit, or on the CPU, when fewer than ``MIN_ROWS`` (or than ``n_rows``) fit,
-    ``BLOCK_ROWS`` rows in blocks of classes that fit."""
+    ``BLOCK_ROWS`` rows in blocks of classes that fit. ``whole_rows``: probability targets,
+    which blocks of classes do not take."""
     if chunk_size is None:
         fit = BUDGET[where] // (n_classes * itemsize)
-        if where != "cpu" or fit >= min(MIN_ROWS, n_rows):
+        if where != "cpu" or whole_rows or fit >= min(MIN_ROWS, n_rows):
             return max(1, fit), None
         rows = max(1, min(BLOCK_ROWS, n_rows))
         return rows, max(1, BUDGET[where] // (rows * itemsize))
@@ -71,6 +73,9 @@ def chunk_shape(chunk_size, n_rows, n_classes, itemsize, where):
         raise _chunk_error(chunk_size)
     rows = _positive(parts[0], chunk_size)
     classes = _positive(parts[1], chunk_size) if len(parts) == 2 else n_classes
+    if whole_rows and classes < n_classes:
+        raise ValueError(f"chunk_size={chunk_size!r}: blocks of classes take class-index "
+                         "targets; with probability targets, chunk by rows (chunk_size=rows)")
     return rows, (None if classes >= n_classes else classes)
 
 
@@ -102,17 +107,27 @@ def checked_options(label_smoothing, z_loss, softcap):
                 z_loss=_checks.real(z_loss, "z_loss", low=0.0), softcap=_checks.softcap(softcap))
 
 
-def targets(value, lead, n_classes, ignore):
-    """Class indices shaped like ``hidden.shape[:-1]``: (N,) int64 with -1 for ignored rows."""
-    t = np.asarray(value)
-    if t.dtype.kind not in "iu":
-        raise TypeError(f"targets has dtype {t.dtype}: the linear cross-entropy takes class "
-                        "indices (an integer array); probability targets would be N×V, the size "
-                        "this function exists to avoid")
-    if t.shape != tuple(lead):
-        raise ValueError(f"targets has shape {t.shape}, expected {tuple(lead)} (hidden's shape "
-                         "without its last axis)")
-    return _checks.targets(t, tuple(lead) + (n_classes,), ignore)[1]
+def targets(value, lead, n_classes, ignore, shift=0):
+    """Class indices shaped like ``hidden.shape[:-1]`` → (N,) int64 with -1 for ignored rows
+    (moved ``shift`` positions back: ``_checks.shifted``); or probabilities shaped
+    ``hidden.shape[:-1] + (V,)`` → (N, V), as they are (a floating array of that size is what
+    the caller holds; the chunks read its rows)."""
+    t = _checks.host_array(value, "targets")
+    logits_shape = tuple(lead) + (n_classes,)
+    kind = _checks.target_kind(_dtypes.name(t.dtype), t.shape, logits_shape, shown=t.dtype)
+    if kind == "prob":
+        if shift:
+            raise ValueError("shift= takes class-index targets, not probabilities")
+        return t.reshape(-1, n_classes)
+    if shift:
+        t = _checks.shifted(t, lead, shift, ignore, n_classes)
+    return _checks.targets(t, logits_shape, ignore)[1]
+
+
+def valid(t):
+    """The rows that count: those whose class index is not ignored (every row of probability
+    targets, (N, V))."""
+    return t >= 0 if t.ndim == 1 else np.ones(t.shape[0], bool)
 
 
 def _scales(t, w, reduction, z_loss, grad_output):
@@ -120,11 +135,12 @@ def _scales(t, w, reduction, z_loss, grad_output):
 
     With ``s`` the sum of the per-row results, the loss is ``s * finish``; the upstream
     gradient of row ``i`` is ``scale[i]`` (an array for reduction="none", else a number)."""
-    valid = t >= 0
-    n_valid = int(np.count_nonzero(valid))
+    counted = valid(t)
+    n_valid = int(np.count_nonzero(counted))
     if reduction != "mean":
         return grad_output, z_loss, 1.0
-    denom = float(n_valid) if w is None else float(w[t[valid]].sum())
+    # as PyTorch: probability targets average over rows, whatever the class weights
+    denom = float(n_valid) if w is None or t.ndim == 2 else float(w[t[counted]].sum())
     with np.errstate(divide="ignore", invalid="ignore"):
         z = z_loss * denom / n_valid if z_loss > 0 and n_valid else z_loss
         return np.float64(grad_output) / denom, z, np.float64(1.0) / denom
@@ -134,21 +150,32 @@ def _chunks(t, rows):
     """(slice or index array) per chunk of the non-ignored rows: slices when no row is ignored,
     so that the chunks are views of ``hidden``."""
     n = t.shape[0]
-    keep = np.flatnonzero(t >= 0)
+    keep = np.flatnonzero(valid(t))
     if keep.size == n:
         return [slice(s, min(s + rows, n)) for s in range(0, n, rows)]
     return [keep[s:s + rows] for s in range(0, keep.size, rows)]
 
 
-def run(ops, h, w, b, t, cw, options, reduction, chunk, grad, grad_output=1.0):
-    """The chunked loop on 2-D ``h`` (N, H), ``w`` (V, H), ``b`` (V,) or None and host ``t``
-    (N,) int64 (-1: ignored); ``cw`` the class weights as float64 NumPy (or None) and
-    ``options`` what the fused kernel takes besides them; ``chunk`` (rows, classes) from
-    :func:`chunk_shape`. ``grad``: False, True, or which of the three gradients to compute (a
-    frozen weight needs no product for its gradient).
+class Walk(NamedTuple):
+    """What :func:`run` returns."""
 
-    Returns (per-row losses or None, the summed loss's factor, gradients or None): the per-row
-    losses as ``ops`` keeps them (zeros for ignored rows), already scaled for reduction="mean".
+    #: per-row losses as ``ops`` keeps them (zeros for ignored rows), scaled for a mean
+    losses: object
+    #: the factor of their sum that is the loss (``1 / denominator`` for a mean)
+    finish: float
+    #: ``(g_hidden, g_weight, g_bias)``, None for those not computed; or None
+    grads: object
+    #: per-row log-sum-exps (zeros for ignored rows) when asked for, else None
+    lse: object
+
+
+def run(ops, h, w, b, t, cw, options, reduction, chunk, grad, grad_output=1.0, lse=False):
+    """The chunked loop on 2-D ``h`` (N, H), ``w`` (V, H), ``b`` (V,) or None and ``t``: host
+    (N,) int64 class indices (-1: ignored), or (N, V) probabilities; ``cw`` the class weights
+    as float64 NumPy (or None) and ``options`` what the fused kernel takes besides them;
+    ``chunk`` (rows, classes) from :func:`chunk_shape`. ``grad``: False, True, or which of the
+    three gradients to compute (a frozen weight needs no product for its gradient). ``lse``:
+    also keep each row's log-sum-exp. Returns a :class:`Walk`.
     """
     rows, classes = chunk
     n = h.shape[0]
@@ -156,6 +183,7 @@ def run(ops, h, w, b, t, cw, options, reduction, chunk, grad, grad_output=1.0):
     scale, z, finish = _scales(t, cw, reduction, options["z_loss"], grad_output)
     opts = dict(options, z_loss=z)
     losses = ops.zeros((n,), ops.loss_dtype(h))
+    lses = ops.zeros((n,), ops.loss_dtype(h)) if lse else None
     grads = None
     if grad:
         want = (True, True, True) if grad is True else grad
@@ -175,15 +203,17 @@ def run(ops, h, w, b, t, cw, options, reduction, chunk, grad, grad_output=1.0):
             x = buf[:m * v].reshape(m, v)
             ops.logits(hc, w, b, x)
             if grad:
-                loss = ops.fused(x, td[idx], s, opts)
+                loss, row_lse = ops.fused(x, td[idx], s, opts, lse)
                 ops.gradients(grads, x, w, hc, idx, first=k == 0)
             else:
-                loss = ops.loss(x, td[idx], opts)
+                loss, row_lse = ops.loss(x, td[idx], opts, lse)
         else:
-            loss = _class_blocks(ops, buf, hc, w, b, td[idx], cw, opts, classes, s, grads, idx,
-                                 first=k == 0)
+            loss, row_lse = _class_blocks(ops, buf, hc, w, b, td[idx], cw, opts, classes, s,
+                                          grads, idx, first=k == 0)
         ops.put(losses, idx, loss)
-    return losses, finish, grads
+        if lse:
+            ops.put(lses, idx, row_lse)
+    return Walk(losses, finish, grads, lses)
 
 
 def _size(idx):
@@ -198,7 +228,7 @@ def _class_blocks(ops, buf, hc, w, b, t, cw, options, classes, scale, grads, idx
     """One chunk of rows in blocks of classes, on the CPU backends: a pass for the rows'
     statistics (block partials merged as (max, sum-exp) pairs), then, for the gradient, a second
     pass that recomputes each block's logits and turns them into their gradient in place.
-    Returns the rows' losses (float64)."""
+    Returns the rows' losses and log-sum-exps (float64)."""
     backend = options.get("backend", "auto")
     if _dispatch.uses_cuda(backend, buf):
         raise NotImplementedError("chunk_size=(rows, classes): blocks of classes run on the CPU "
@@ -235,7 +265,7 @@ def _class_blocks(ops, buf, hc, w, b, t, cw, options, classes, scale, grads, idx
     ce, zt = _api.row_terms(np.stack([lse, wt * yt, wt, swy], axis=-1), eps, v, w_sum,
                             options["z_loss"])
     if grads is None:
-        return ce + zt
+        return ce + zt, lse
     s = np.broadcast_to(np.asarray(scale, np.float64), (m_rows,))
     coef = _api.row_coefficients(s, s, np.ones(m_rows, bool), eps, v, options["z_loss"])
     partials = np.stack([top, sums], axis=-1)
@@ -246,7 +276,7 @@ def _class_blocks(ops, buf, hc, w, b, t, cw, options, classes, scale, grads, idx
         be.class_grad(_dtypes.storage_view(ops.host(g)), local(cls),
                       None if cw is None else cw[cls], cap, partials, coef, w_sum, targets_)
         ops.gradients(grads, g, w, hc, idx, cls, add_hidden=j > 0, first=first)
-    return ce + zt
+    return ce + zt, lse
 
 
 def _blas():
@@ -326,15 +356,15 @@ class _NumpyOps:
     index = targets
 
     @staticmethod
-    def fused(x, t, scale, options):
-        """The per-row losses of logits ``x`` (scaled by ``scale``), whose gradient replaces
-        them."""
-        return _api.chunk_losses(x, t, scale=scale, **options)
+    def fused(x, t, scale, options, lse=False):
+        """(per-row losses, log-sum-exps or None) of logits ``x`` (scaled by ``scale``), whose
+        gradient replaces them."""
+        return _api.chunk_losses(x, t, scale=scale, lse=lse, **options)
 
     @staticmethod
-    def loss(x, t, options):
-        """The per-row losses of logits ``x``."""
-        return _api.chunk_losses(x, t, **options)
+    def loss(x, t, options, lse=False):
+        """(per-row losses, log-sum-exps or None) of logits ``x``."""
+        return _api.chunk_losses(x, t, lse=lse, **options)
 
     @staticmethod
     def put(losses, idx, loss):
@@ -384,17 +414,62 @@ class _NumpyOps:
 _FLOATS = ("float32", "float64")
 
 
+class _Call(NamedTuple):
+    """A NumPy call's arguments, checked."""
+
+    lead: tuple  # hidden.shape[:-1]
+    h: np.ndarray  # (N, H) C-contiguous
+    w: np.ndarray  # (V, H) C-contiguous
+    b: object  # (V,) or None
+    t: np.ndarray  # (N,) int64 class indices (-1: ignored), or (N, V) probabilities
+    cw: object  # (V,) float64 class weights or None
+    options: dict  # what the chunks' kernel takes
+    reduction: str
+    chunk: tuple  # (rows, classes or None)
+    shift: int
+
+    def walk(self, grad=False, grad_output=1.0, lse=False):
+        return run(_NumpyOps(), self.h, self.w, self.b, self.t, self.cw, self.options,
+                   self.reduction, self.chunk, grad=grad, grad_output=grad_output, lse=lse)
+
+    def per_row(self, values):
+        """Per-row float64 values as the user sees them: the compute type, the loss's shape
+        (without the last ``shift`` positions)."""
+        rows = values.astype(_dtypes.compute_dtype(self.h.dtype)).reshape(self.lead)
+        return _checks.unshifted(rows, self.shift)
+
+    def result(self, walk, want_z, want_lse):
+        """The loss of a :class:`Walk`, or ``(loss, z_loss, lse)`` with the parts asked for
+        (as :func:`fastxent.cross_entropy`)."""
+        if self.reduction == "none":
+            loss = self.per_row(walk.losses)
+        else:
+            with np.errstate(invalid="ignore", divide="ignore"):
+                loss = float(np.sum(walk.losses) * walk.finish)
+        if not (want_z or want_lse):
+            return loss
+        parts = (loss,)
+        if want_z:
+            n_valid = int(np.count_nonzero(valid(self.t)))
+            with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+                z = _api.z_part(walk.lse, self.options["z_loss"], self.reduction, n_valid)
+            parts += (self.per_row(z) if self.reduction == "none" else float(z),)
+        if want_lse:
+            parts += (self.per_row(walk.lse),)
+        return parts
+
+
 def _prepare(hidden, weight, targets_, bias, reduction, ignore_index, ce_weight, label_smoothing,
-             z_loss, softcap, chunk_size, backend):
+             z_loss, softcap, chunk_size, backend, shift):
     for name, a in (("hidden", hidden), ("weight", weight), ("bias", bias)):
         if _arrays.is_device(a) or getattr(a, "is_cuda", False):
             raise TypeError(f"{name} is a GPU array ({type(a).__name__}): "
                             "fx.linear_cross_entropy takes host arrays; for CUDA tensors use "
                             "fastxent.torch.linear_cross_entropy (a CuPy array converts with "
                             "torch.from_dlpack, without a copy)")
-    h = np.asarray(hidden)
-    w = np.asarray(weight)
-    b = None if bias is None else np.asarray(bias)
+    h = _checks.host_array(hidden, "hidden")
+    w = _checks.host_array(weight, "weight")
+    b = None if bias is None else _checks.host_array(bias, "bias")
     for name, a in (("hidden", h), ("weight", w), ("bias", b)):
         if a is not None and _dtypes.name(a.dtype) not in _FLOATS:
             raise TypeError(f"{name} has dtype {a.dtype}: the NumPy linear cross-entropy takes "
@@ -404,26 +479,22 @@ def _prepare(hidden, weight, targets_, bias, reduction, ignore_index, ce_weight,
                            (h.dtype.name, w.dtype.name, None if b is None else b.dtype.name))
     red = _checks.reduction(reduction)
     ignore = _checks.ignore_index(ignore_index)
-    t = targets(targets_, lead, v, ignore)
-    cw = _checks.weight(ce_weight, v)
+    s = _checks.shift(shift, h.shape, "hidden")
+    t = targets(targets_, lead, v, ignore, s)
+    cw = _checks.weight(ce_weight, v, "ce_weight")
     _dispatch.checked(backend)
     options = dict(weight=cw, backend=backend, **checked_options(label_smoothing, z_loss,
                                                                  softcap))
-    chunk = chunk_shape(chunk_size, int(np.count_nonzero(t >= 0)), v, h.dtype.itemsize, "cpu")
+    chunk = chunk_shape(chunk_size, int(np.count_nonzero(valid(t))), v, h.dtype.itemsize, "cpu",
+                        whole_rows=t.ndim == 2)
     h2 = np.ascontiguousarray(h.reshape(int(np.prod(lead)), hdim))
-    return lead, h2, np.ascontiguousarray(w), b, t, cw, options, red, chunk
-
-
-def _finish(losses, finish, reduction, lead, dtype):
-    if reduction == "none":
-        return losses.astype(dtype).reshape(lead)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return float(np.sum(losses) * finish)
+    return _Call(lead, h2, np.ascontiguousarray(w), b, t, cw, options, red, chunk, s)
 
 
 def linear_cross_entropy(hidden, weight, targets, bias=None, *, reduction="mean",
                          ignore_index=-100, ce_weight=None, label_smoothing=0.0, z_loss=0.0,
-                         softcap=None, chunk_size=None, backend="auto"):
+                         softcap=None, shift=0, chunk_size=None, backend="auto",
+                         return_z_loss=False, return_lse=False):
     """Cross-entropy of the logits ``hidden @ weight.T + bias`` without holding them.
 
     Equal to ``cross_entropy(hidden @ weight.T + bias, targets, ...)``, with extra memory bounded
@@ -436,12 +507,18 @@ def linear_cross_entropy(hidden, weight, targets, bias=None, *, reduction="mean"
     weight : ndarray, shape (V, H)
         The output layer's weight, in the layout of ``torch.nn.Linear(H, V).weight``; the dtype
         of ``hidden``.
-    targets : ndarray of int, shape ``hidden.shape[:-1]``
-        Class indices.
+    targets : ndarray
+        Class indices of shape ``hidden.shape[:-1]``, or probabilities of shape
+        ``hidden.shape[:-1] + (V,)`` (as ``torch.nn.functional.linear_cross_entropy``; then
+        the chunks are whole rows).
     bias : ndarray, shape (V,), optional
         The output layer's bias.
-    reduction, ignore_index, label_smoothing, z_loss, softcap
+    reduction, ignore_index, label_smoothing, z_loss, softcap, return_z_loss, return_lse
         As in :func:`cross_entropy`.
+    shift : int or bool
+        As in :func:`cross_entropy`, along the time axis of ``hidden`` ``(..., T, H)``: the
+        hidden state of position ``i`` against the target of position ``i + shift``, without
+        copying ``hidden``; the last ``shift`` positions cost no product.
     ce_weight : array_like, shape (V,), optional
         Per-class weights: the ``weight`` of :func:`cross_entropy` (renamed here, where
         ``weight`` is the layer's).
@@ -456,7 +533,7 @@ def linear_cross_entropy(hidden, weight, targets, bias=None, *, reduction="mean"
 
     Returns
     -------
-    loss : float or ndarray
+    loss : float or ndarray, or tuple
         As :func:`cross_entropy`.
 
     Examples
@@ -469,17 +546,17 @@ def linear_cross_entropy(hidden, weight, targets, bias=None, *, reduction="mean"
     >>> round(fx.cross_entropy(hidden @ weight.T, np.array([0, 1])), 4)
     0.4842
     """
-    lead, h, w, b, t, cw, options, red, chunk = _prepare(
-        hidden, weight, targets, bias, reduction, ignore_index, ce_weight, label_smoothing,
-        z_loss, softcap, chunk_size, backend)
-    losses, finish, _ = run(_NumpyOps(), h, w, b, t, cw, options, red, chunk, grad=False)
-    return _finish(losses, finish, red, lead, _dtypes.compute_dtype(h.dtype))
+    call = _prepare(hidden, weight, targets, bias, reduction, ignore_index, ce_weight,
+                    label_smoothing, z_loss, softcap, chunk_size, backend, shift)
+    walk = call.walk(lse=return_z_loss or return_lse)
+    return call.result(walk, return_z_loss, return_lse)
 
 
 def linear_cross_entropy_with_grad(hidden, weight, targets, bias=None, *, reduction="mean",
                                    ignore_index=-100, ce_weight=None, label_smoothing=0.0,
-                                   z_loss=0.0, softcap=None, chunk_size=None, backend="auto",
-                                   grad_output=1.0):
+                                   z_loss=0.0, softcap=None, shift=0, chunk_size=None,
+                                   backend="auto", grad_output=1.0, return_z_loss=False,
+                                   return_lse=False):
     """:func:`linear_cross_entropy` and the gradients of ``hidden``, ``weight`` and ``bias``,
     in one pass over the chunks.
 
@@ -489,11 +566,11 @@ def linear_cross_entropy_with_grad(hidden, weight, targets, bias=None, *, reduct
 
     Returns
     -------
-    loss : float or ndarray
+    loss : float or ndarray, or tuple
         As :func:`linear_cross_entropy`.
     grads : tuple
-        ``(g_hidden, g_weight, g_bias)``, shaped and typed like ``hidden``, ``weight`` and
-        ``bias`` (``g_bias`` is None without a bias).
+        ``(g_hidden, g_weight, g_bias)``, the gradients of the loss, shaped and typed like
+        ``hidden``, ``weight`` and ``bias`` (``g_bias`` is None without a bias).
 
     Examples
     --------
@@ -507,13 +584,13 @@ def linear_cross_entropy_with_grad(hidden, weight, targets, bias=None, *, reduct
     >>> bool(np.allclose(gw, g.T @ hidden))
     True
     """
-    lead, h, w, b, t, cw, options, red, chunk = _prepare(
-        hidden, weight, targets, bias, reduction, ignore_index, ce_weight, label_smoothing,
-        z_loss, softcap, chunk_size, backend)
-    go = _checks.grad_output(grad_output, red, lead)
-    if red == "none":
-        go = np.ascontiguousarray(go).reshape(-1)
-    losses, finish, (gh, gw, gb) = run(_NumpyOps(), h, w, b, t, cw, options, red, chunk,
-                                       grad=True, grad_output=go)
-    loss = _finish(losses, finish, red, lead, _dtypes.compute_dtype(h.dtype))
-    return loss, (gh.reshape(tuple(lead) + (h.shape[1],)), gw, gb)
+    call = _prepare(hidden, weight, targets, bias, reduction, ignore_index, ce_weight,
+                    label_smoothing, z_loss, softcap, chunk_size, backend, shift)
+    go = _checks.grad_output(grad_output, call.reduction,
+                             _checks.shifted_shape(call.lead, call.shift))
+    if call.reduction == "none":
+        go = np.ascontiguousarray(_checks.padded(go, call.lead, call.shift)).reshape(-1)
+    walk = call.walk(grad=True, grad_output=go, lse=return_z_loss or return_lse)
+    gh, gw, gb = walk.grads
+    return (call.result(walk, return_z_loss, return_lse),
+            (gh.reshape(tuple(call.lead) + (call.h.shape[1],)), gw, gb))

@@ -10,13 +10,13 @@ Both are ``torch.library`` custom operators with fake implementations, so ``torc
 traces through them.
 """
 
-from typing import List, Optional, Tuple
+from typing import List, NamedTuple, Optional, Tuple
 
 import numpy as np
 import torch
 
-from . import _device, _linear
-from ._torch_support import _host, _no_double_backward, _scaled
+from . import _api, _checks, _device, _linear, _torch_composite
+from ._torch_support import _host, _loss_dtype, _no_double_backward, _returned, _scaled
 
 
 class _TorchOps:
@@ -59,15 +59,15 @@ class _TorchOps:
 
     index = targets
 
-    def fused(self, x, t, scale, options):
+    def fused(self, x, t, scale, options, lse=False):
         if not self.cuda:
-            return _linear._NumpyOps.fused(_host(x), t, scale, options)
-        return _device.chunk_losses(x, t, scale=scale, **options)
+            return _linear._NumpyOps.fused(_host(x), t, scale, options, lse)
+        return _device.chunk_losses(x, t, scale=scale, lse=lse, **options)
 
-    def loss(self, x, t, options):
+    def loss(self, x, t, options, lse=False):
         if not self.cuda:
-            return _linear._NumpyOps.loss(_host(x), t, options)
-        return _device.chunk_losses(x, t, **options)
+            return _linear._NumpyOps.loss(_host(x), t, options, lse)
+        return _device.chunk_losses(x, t, lse=lse, **options)
 
     def rows(self, a, idx):
         part = a[idx] if isinstance(idx, slice) else a[self._index(idx)]
@@ -159,23 +159,51 @@ def _check(hidden, weight, bias, target):
                            None if bias is None else str(bias.dtype)))
 
 
+class _Prepared(NamedTuple):
+    """The operators' arguments, checked, as :func:`fastxent._linear.run` takes them."""
+
+    lead: tuple  # hidden.shape[:-1]
+    args: tuple  # (ops, h (N, H), w, b, t, class weights on the host, the kernel's options)
+    chunk: tuple  # (rows, classes or None)
+    shift: int
+
+    def per_row(self, values, dtype):
+        """(N,) values of the rows → the shape of the loss, in ``dtype``."""
+        rows = values.reshape(self.lead)
+        if self.shift:  # (the last positions have no target)
+            rows = rows[..., :self.lead[-1] - self.shift]
+        return rows.to(dtype).contiguous()
+
+
+def _targets(target, lead, v, ignore_index, shift, cuda):
+    """The targets as :func:`fastxent._linear.run` takes them: host class indices (N,) (-1:
+    ignored), or probabilities (N, V) where they are (on the GPU, no copy)."""
+    if cuda and target.is_floating_point():
+        dname = str(target.dtype).replace("torch.", "")
+        _checks.target_kind(dname, tuple(target.shape), tuple(lead) + (v,))
+        if shift:
+            raise ValueError("shift= takes class-index targets, not probabilities")
+        return target.detach().reshape(-1, v).contiguous()
+    return _linear.targets(_host(target.detach().cpu()), lead, v, ignore_index, shift)
+
+
 def _prepare(hidden, weight, target, bias, ce_weight, ignore_index, label_smoothing, z_loss,
-             softcap, chunk_size, accum_dtype):
+             softcap, chunk_size, accum_dtype, shift=0):
     """What :func:`fastxent._linear.run` takes, from the operators' arguments."""
     lead, hdim, v = _check(hidden, weight, bias, target)
-    t = _linear.targets(target.detach().cpu().numpy(), lead, v, ignore_index)
+    s = _checks.shift(shift, tuple(hidden.shape), "hidden")
+    t = _targets(target, lead, v, ignore_index, s, hidden.is_cuda)
     cw_host = None
     options = dict(weight=None, **_linear.checked_options(label_smoothing, z_loss, softcap))
     if ce_weight is not None:
-        cw_host = ce_weight.detach().cpu().to(torch.float64).numpy()
-        if cw_host.shape != (v,):
-            raise ValueError(f"ce_weight has shape {tuple(ce_weight.shape)}, expected ({v},)")
+        cw_host = _checks.weight(_host(ce_weight.detach().cpu()), v, "ce_weight")
         # on a GPU: once on hidden's device, in a dtype the device kernel reads
         wide = torch.float64 if ce_weight.dtype == torch.float64 else torch.float32
         options["weight"] = (ce_weight.detach().to(hidden.device, wide) if hidden.is_cuda
                              else cw_host)
-    chunk = _linear.chunk_shape(chunk_size, int(np.count_nonzero(t >= 0)), v,
-                                hidden.element_size(), "cuda" if hidden.is_cuda else "cpu")
+    chunk = _linear.chunk_shape(chunk_size, int(np.count_nonzero(_linear.valid(t))), v,
+                                hidden.element_size(), "cuda" if hidden.is_cuda else "cpu",
+                                whole_rows=t.ndim == 2)
     if chunk[1] is not None and hidden.is_cuda:
         raise NotImplementedError(f"chunk_size={tuple(chunk_size)}: blocks of classes run on the "
                                   "CPU only; CUDA tensors are chunked by rows (chunk_size=rows)")
@@ -183,7 +211,7 @@ def _prepare(hidden, weight, target, bias, ce_weight, ignore_index, label_smooth
     w = weight.detach().contiguous()
     b = None if bias is None else bias.detach().contiguous()
     ops = _TorchOps(hidden.device, _accum_dtype(accum_dtype, hidden.dtype))
-    return lead, (ops, h, w, b, t, cw_host, options), chunk
+    return _Prepared(lead, (ops, h, w, b, t, cw_host, options), chunk, s)
 
 
 def _none_like(t):
@@ -194,20 +222,31 @@ def _none_like(t):
 def _linear_op(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor,
                bias: Optional[torch.Tensor], ce_weight: Optional[torch.Tensor], reduction: str,
                ignore_index: int, label_smoothing: float, z_loss: float,
-               softcap: Optional[float], chunk_size: Optional[List[int]],
-               accum_dtype: Optional[torch.dtype], grad_hidden: bool, grad_weight: bool,
-               grad_bias: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(loss, g_hidden, g_weight, g_bias): the gradients of ``loss`` asked for by the three
-    flags, empty tensors for the others (and for g_bias without a bias)."""
-    lead, args, chunk = _prepare(hidden, weight, target, bias, ce_weight, ignore_index,
-                                 label_smoothing, z_loss, softcap, chunk_size, accum_dtype)
+               softcap: Optional[float], shift: int, chunk_size: Optional[List[int]],
+               accum_dtype: Optional[torch.dtype], parts: bool, loss_dtype: Optional[torch.dtype],
+               grad_hidden: bool, grad_weight: bool, grad_bias: bool
+               ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                          torch.Tensor]:
+    """(loss, z-loss term, lse, g_hidden, g_weight, g_bias): the z-loss term and the lse empty
+    unless ``parts``, and the gradients of ``loss`` asked for by the three flags, empty tensors
+    for the others (and for g_bias without a bias)."""
+    prep = _prepare(hidden, weight, target, bias, ce_weight, ignore_index, label_smoothing,
+                    z_loss, softcap, chunk_size, accum_dtype, shift)
     want = (grad_hidden, grad_weight, grad_bias)
-    losses, finish, grads = _linear.run(*args, reduction, chunk, grad=any(want) and want)
+    walk = _linear.run(*prep.args, reduction, prep.chunk, grad=any(want) and want, lse=parts)
+    dtype = loss_dtype or hidden.dtype
     if reduction == "none":
-        loss = losses.to(hidden.dtype).reshape(lead)
+        values = [prep.per_row(walk.losses, dtype)]
     else:
-        loss = (losses.sum() * float(finish)).to(hidden.dtype)
-    return (loss,) + _results(hidden, weight, grads)
+        values = [(walk.losses.sum() * float(walk.finish)).to(dtype)]
+    if parts:
+        n_valid = int(np.count_nonzero(_linear.valid(prep.args[4])))
+        z = _api.z_part(walk.lse, z_loss, reduction, n_valid)
+        values += [prep.per_row(z, dtype) if reduction == "none" else z.to(dtype),
+                   prep.per_row(walk.lse, dtype)]
+    else:
+        values += [hidden.new_empty(0, dtype=dtype), hidden.new_empty(0, dtype=dtype)]
+    return tuple(values) + _results(hidden, weight, walk.grads)
 
 
 def _results(hidden, weight, grads):
@@ -226,61 +265,196 @@ def _fake_results(hidden, weight, bias, want):
 
 @_linear_op.register_fake
 def _linear_fake(hidden, weight, target, bias, ce_weight, reduction, ignore_index,
-                 label_smoothing, z_loss, softcap, chunk_size, accum_dtype, grad_hidden,
-                 grad_weight, grad_bias):
-    loss = hidden.new_empty(hidden.shape[:-1] if reduction == "none" else ())
-    return (loss,) + _fake_results(hidden, weight, bias, (grad_hidden, grad_weight, grad_bias))
+                 label_smoothing, z_loss, softcap, shift, chunk_size, accum_dtype, parts,
+                 loss_dtype, grad_hidden, grad_weight, grad_bias):
+    dtype = loss_dtype or hidden.dtype
+    per_row = hidden.shape[:-1]
+    if shift:
+        per_row = per_row[:-1] + (per_row[-1] - shift,)
+    loss = hidden.new_empty(per_row if reduction == "none" else (), dtype=dtype)
+    z = torch.empty_like(loss) if parts else hidden.new_empty(0, dtype=dtype)
+    lse = hidden.new_empty(per_row if parts else 0, dtype=dtype)
+    return (loss, z, lse) + _fake_results(hidden, weight, bias,
+                                          (grad_hidden, grad_weight, grad_bias))
 
 
 @torch.library.custom_op("fastxent::linear_cross_entropy_backward", mutates_args=())
 def _linear_backward_op(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor,
                         bias: Optional[torch.Tensor], ce_weight: Optional[torch.Tensor],
-                        grad_loss: torch.Tensor, ignore_index: int, label_smoothing: float,
-                        z_loss: float, softcap: Optional[float], chunk_size: Optional[List[int]],
-                        accum_dtype: Optional[torch.dtype],
-                        grad_hidden: bool, grad_weight: bool, grad_bias: bool
-                        ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The gradients of ``Σ grad_loss·loss`` for reduction="none" (those the flags ask for): a
-    second walk over the chunks, since a per-row upstream gradient enters g_weight inside its
-    product."""
-    _, args, chunk = _prepare(hidden, weight, target, bias, ce_weight, ignore_index,
-                              label_smoothing, z_loss, softcap, chunk_size, accum_dtype)
-    go = grad_loss.detach().reshape(-1).to(torch.float64)
+                        reduction: str, ignore_index: int, label_smoothing: float, z_loss: float,
+                        softcap: Optional[float], shift: int, chunk_size: Optional[List[int]],
+                        accum_dtype: Optional[torch.dtype], grad_loss: Optional[torch.Tensor],
+                        grad_z: Optional[torch.Tensor], grad_lse: Optional[torch.Tensor],
+                        grad_hidden: bool, grad_weight: bool, grad_target: bool, grad_bias: bool
+                        ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The gradients of ``(hidden, weight, target, bias)`` asked for by the flags (empty tensors
+    for the others) of the outputs ``(loss, z-loss term, lse)`` against their upstream
+    gradients (None where undefined): a second walk over the chunks, for what the gradients
+    computed with the loss cannot give (a per-row upstream gradient enters g_weight inside its
+    product; the z-loss term and the lse have gradients of their own; probability targets)."""
+    prep = _prepare(hidden, weight, target, bias, ce_weight, ignore_index, label_smoothing,
+                    z_loss, softcap, chunk_size, accum_dtype, shift)
+    ops, h, w, b, t, cw, options = prep.args
+    up = _upstream(prep, reduction, z_loss, grad_loss, grad_z, grad_lse)
     want = (grad_hidden, grad_weight, grad_bias)
-    _, _, grads = _linear.run(*args, "none", chunk, grad=want, grad_output=go)
-    return _results(hidden, weight, grads)
+    grads = None
+    if any(want):
+        chunk, go = prep.chunk, up[:, 0]
+        if bool((up[:, 1:] != 0).any()):  # the lse's and z-loss term's gradients
+            ops, go = _ExtraOps(hidden.device, ops.accum, softcap), up
+            if chunk[1] is not None:  # (which need whole rows)
+                chunk = (max(1, _linear.BUDGET["cpu"] // (w.shape[0] * w.element_size())), None)
+        grads = _linear.run(ops, h, w, b, t, cw, options, "none", chunk, grad=want,
+                            grad_output=go).grads
+    gh, gw, gb = _results(hidden, weight, grads)
+    gt = _none_like(hidden)
+    if grad_target:
+        gt = _target_gradient(prep, up[:, 0], label_smoothing, softcap).reshape(target.shape)
+        gt = gt.to(target.dtype)
+    return gh, gw, gt, gb
+
+
+def _upstream(prep, reduction, z_loss, grad_loss, grad_z, grad_lse):
+    """The upstream gradients of a backward walk as per-row factors, (N, 3) float64 on the
+    device: ``[loss, lse, z]``. A row's logits get ``loss`` times the gradient of its loss
+    (which includes its z-loss term; the kernel's), plus ``(lse + z·row's lse)·softmax·dy/dx``
+    (:class:`_ExtraOps`): the lse output's own upstream gradient, and ``2·z_loss`` times the
+    z-loss term's share beyond what ``loss`` gives it (the z-loss output's own, and for a mean
+    the difference between averaging over the counted rows and over the weights' sum)."""
+    _, h, _, _, t, cw, _ = prep.args
+    n = h.shape[0]
+    dev = h.device
+    counted = torch.as_tensor(_linear.valid(t), device=dev)
+    n_valid = int(counted.sum())
+    denom = float(n_valid) if cw is None or t.ndim == 2 else float(cw[t[t >= 0]].sum())
+
+    def rows(g, over):
+        if g is None:
+            return torch.zeros(n, dtype=torch.float64, device=dev)
+        if reduction == "none":
+            return _padded(g, prep.lead, prep.shift).reshape(-1).to(dev)
+        g = g.detach().to(device=dev, dtype=torch.float64)
+        return (g / over if reduction == "mean" else g).expand(n)
+
+    loss = rows(grad_loss, denom)
+    share = rows(grad_z, n_valid)
+    if reduction == "mean" and grad_loss is not None:
+        share = share + rows(grad_loss, n_valid) - loss
+    lse = (torch.zeros_like(loss) if grad_lse is None  # (one per row, whatever the reduction)
+           else _padded(grad_lse, prep.lead, prep.shift).reshape(-1).to(dev))
+    z = share * (2.0 * z_loss)
+    return torch.stack([loss, torch.where(counted, lse, 0.0), torch.where(counted, z, 0.0)],
+                       dim=-1)
+
+
+class _ExtraOps(_TorchOps):
+    """:class:`_TorchOps` whose fused kernel call also adds, to each row's gradient of the
+    logits, ``(lse_factor + z_factor·lse)·softmax(y)·dy/dx``: the gradients of the lse and of
+    the z-loss term beyond what the loss's own upstream gradient gives. The chunk's upstream
+    gradients arrive as rows of ``[loss, lse_factor, z_factor]`` (:func:`_upstream`)."""
+
+    def __init__(self, device, accum, softcap):
+        super().__init__(device, accum)
+        self.softcap = softcap
+
+    def fused(self, x, t, scale, options, lse=False):
+        scale = torch.as_tensor(scale, device=x.device)
+        loss_up, lse_up, z_up = scale[:, 0], scale[:, 1], scale[:, 2]
+        extra = None
+        if bool((lse_up != 0).any()) or bool((z_up != 0).any()):
+            y, slope = _capped(x, self.softcap)
+            row_lse = torch.logsumexp(y, dim=-1)
+            factor = (lse_up + z_up * row_lse.to(torch.float64)).to(y.dtype)
+            extra = torch.exp(y - row_lse[:, None]) * factor[:, None]
+            if slope is not None:
+                extra = extra * slope
+        up = loss_up if x.is_cuda else loss_up.cpu().numpy()
+        result = super().fused(x, t, up, options, lse)
+        if extra is not None:
+            x += extra.to(x.dtype)
+        return result
+
+
+def _capped(x, softcap):
+    """(y, dy/dx or None) of logits ``x`` in their compute type: ``softcap·tanh(x/softcap)``."""
+    y = x.to(torch.float64 if x.dtype == torch.float64 else torch.float32)
+    if softcap is None:
+        return y, None
+    y = softcap * torch.tanh(y / softcap)
+    return y, 1.0 - (y / softcap) ** 2
+
+
+def _target_gradient(prep, loss_up, label_smoothing, softcap):
+    """The gradient of probability targets, ``(1 - ε)·w·(lse - y)`` per row times its upstream
+    gradient: a walk of its own over the chunks (the logits computed again)."""
+    ops, h, w, b, t, cw, _ = prep.args
+    v = w.shape[0]
+    out = torch.empty((h.shape[0], v), dtype=torch.float32 if h.dtype != torch.float64
+                      else torch.float64, device=h.device)
+    cwt = None if cw is None else torch.as_tensor(cw, device=h.device)
+    rows = prep.chunk[0]
+    for s in range(0, h.shape[0], rows):
+        x = torch.nn.functional.linear(h[s:s + rows], w, b)
+        y, _ = _capped(x, softcap)
+        g = (torch.logsumexp(y, dim=-1, keepdim=True) - y) * (1.0 - label_smoothing)
+        g = g * loss_up[s:s + rows, None].to(g.dtype)
+        out[s:s + rows] = g if cwt is None else g * cwt.to(g.dtype)
+    return out
+
+
+def _padded(values, lead, shift):
+    """Per-row upstream gradients given for the loss's shape → float64 of ``lead``, zeros at
+    the last ``shift`` positions (``_checks.padded`` for tensors)."""
+    values = values.detach().to(torch.float64)
+    if not shift:
+        return values.expand(lead)
+    out = values.new_zeros(lead)
+    out[..., :lead[-1] - shift] = values
+    return out
 
 
 @_linear_backward_op.register_fake
-def _linear_backward_fake(hidden, weight, target, bias, ce_weight, grad_loss, ignore_index,
-                          label_smoothing, z_loss, softcap, chunk_size, accum_dtype, grad_hidden,
-                          grad_weight, grad_bias):
-    return _fake_results(hidden, weight, bias, (grad_hidden, grad_weight, grad_bias))
+def _linear_backward_fake(hidden, weight, target, bias, ce_weight, reduction, ignore_index,
+                          label_smoothing, z_loss, softcap, shift, chunk_size, accum_dtype,
+                          grad_loss, grad_z, grad_lse, grad_hidden, grad_weight, grad_target,
+                          grad_bias):
+    like = (hidden, weight, target, bias)
+    wanted = (grad_hidden, grad_weight, grad_target, grad_bias)
+    return tuple(torch.empty_like(a) if w and a is not None else _none_like(hidden)
+                 for a, w in zip(like, wanted))
 
 
 def _setup(ctx, inputs, output):
     (hidden, weight, target, bias, ce_weight, reduction, ignore_index, label_smoothing, z_loss,
-     softcap, chunk_size, accum_dtype, *want) = inputs
-    ctx.eager = grad = any(want)
-    ctx.has_bias = bias is not None
-    ctx.options = (ignore_index, label_smoothing, z_loss, softcap, chunk_size, accum_dtype)
-    if grad:  # the gradients, computed with the loss; scaled in backward
-        ctx.save_for_backward(*output[1:])
-    else:  # the inputs, for the second walk
-        ctx.save_for_backward(hidden, weight, target, bias, ce_weight)
-    ctx.mark_non_differentiable(*output[1:])
+     softcap, shift, chunk_size, accum_dtype, parts, _, *want) = inputs
+    ctx.eager = any(want)
+    ctx.parts = parts
+    ctx.reduction = reduction
+    ctx.options = (ignore_index, label_smoothing, z_loss, softcap, shift, chunk_size,
+                   accum_dtype)
+    # the inputs, for the second walk; the gradients computed with the loss (scaled here)
+    ctx.save_for_backward(hidden, weight, target, bias, ce_weight, *output[3:])
+    ctx.mark_non_differentiable(*output[3:])
     ctx.set_materialize_grads(False)
 
 
-def _backward(ctx, grad_loss, *_grads_of_grads):
-    _no_double_backward()
-    want = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[3])
-    if ctx.eager:
-        grads = tuple(_scaled(g, grad_loss, "sum") for g in ctx.saved_tensors)
-    else:
-        grads = _linear_backward_op(*ctx.saved_tensors, grad_loss, *ctx.options, *want)
-    gh, gw, gb = (g if wanted else None for g, wanted in zip(grads, want))
-    return (gh, gw, None, gb) + (None,) * 11
+def _backward(ctx, grad_loss, grad_z, grad_lse, *_grads_of_grads):
+    _no_double_backward("fastxent.torch.linear_cross_entropy has")
+    if not ctx.parts:  # empty outputs
+        grad_z = grad_lse = None
+    nothing = (None,) * 18
+    if grad_loss is None and grad_z is None and grad_lse is None:
+        return nothing
+    hidden, weight, target, bias, ce_weight, *kept = ctx.saved_tensors
+    needs = ctx.needs_input_grad
+    wanted = (needs[0], needs[1], needs[2], needs[3])
+    if ctx.eager and not needs[2] and grad_z is None and grad_lse is None:
+        grads = tuple(_scaled(g, grad_loss, "sum") for g in kept)
+        gh, gw, gb = (g if w else None for g, w in zip(grads, (needs[0], needs[1], needs[3])))
+        return (gh, gw, None, gb) + nothing[4:]
+    grads = _linear_backward_op(hidden, weight, target, bias, ce_weight, ctx.reduction,
+                                *ctx.options, grad_loss, grad_z, grad_lse, *wanted)
+    return tuple(g if w else None for g, w in zip(grads, wanted)) + nothing[4:]
 
 
 _linear_op.register_autograd(_backward, setup_context=_setup)
@@ -297,7 +471,8 @@ def _chunk_list(chunk_size, weight):
 
 def linear_cross_entropy(hidden, weight, target, bias=None, *, reduction="mean",
                          ignore_index=-100, ce_weight=None, label_smoothing=0.0, z_loss=0.0,
-                         softcap=None, chunk_size=None, accum_dtype=None):
+                         softcap=None, shift=0, chunk_size=None, accum_dtype=None,
+                         return_z_loss=False, return_lse=False, loss_dtype=None):
     """``F.cross_entropy(hidden @ weight.T + bias, target, ...)`` without the logits.
 
     Parameters
@@ -306,16 +481,23 @@ def linear_cross_entropy(hidden, weight, target, bias=None, *, reduction="mean",
         Hidden states (float32, float64, bfloat16 or float16), on the CPU or a CUDA device.
     weight : Tensor, shape (V, H)
         The output layer's weight (``torch.nn.Linear(H, V).weight``), hidden's dtype.
-    target : Tensor of int, shape ``hidden.shape[:-1]``
-        Class indices.
+    target : Tensor
+        Class indices of shape ``hidden.shape[:-1]``, or probabilities of shape
+        ``hidden.shape[:-1] + (V,)`` (as ``torch.nn.functional.linear_cross_entropy`` takes
+        them; differentiable, and the chunks are whole rows).
     bias : Tensor, shape (V,), optional
         The output layer's bias.
     reduction, ignore_index, label_smoothing
         As ``torch.nn.functional.cross_entropy``.
     ce_weight : Tensor, shape (V,), optional
         Per-class weights (``weight`` of ``F.cross_entropy``).
-    z_loss, softcap
+    z_loss, softcap, return_z_loss, return_lse, loss_dtype
         As :func:`fastxent.torch.cross_entropy`.
+    shift : int or bool
+        For causal language models: the hidden state of position ``i`` against the target of
+        position ``i + shift`` along the time axis, ``hidden`` ``(..., T, H)`` with class-index
+        ``target`` ``(..., T)`` (``True`` is 1), without copying ``hidden``; per-row results
+        have the shape ``(..., T - shift)``, as Cut Cross-Entropy's ``shift``.
     chunk_size : int or (int, int), optional
         Rows of logits per chunk, or ``(rows, classes)`` for chunks of both (CPU only: the
         logits are then computed twice, see :func:`fastxent.linear_cross_entropy`); by default
@@ -329,15 +511,21 @@ def linear_cross_entropy(hidden, weight, target, bias=None, *, reduction="mean",
 
     Returns
     -------
-    Tensor
-        The loss in hidden's dtype: a scalar, or one per row for ``reduction="none"``;
-        differentiable with respect to ``hidden``, ``weight`` and ``bias``.
+    Tensor or tuple of Tensor
+        The loss in ``loss_dtype`` (hidden's by default): a scalar, or one per row for
+        ``reduction="none"``; differentiable with respect to ``hidden``, ``weight`` and
+        ``bias`` (and probability targets). With ``return_z_loss`` or ``return_lse``, the tuple
+        ``(loss, z_loss, lse)`` of those asked for.
 
     Notes
     -----
     By default the weight's gradient is accumulated chunk by chunk in the weight's dtype, as
     Liger-Kernel does: for bfloat16 it is rounded once per chunk instead of once, and its error
     grows with the number of chunks (``accum_dtype=torch.float32`` avoids that).
+
+    The gradients of the returned z-loss term and lse, and of probability targets, come from a
+    second walk over the chunks with PyTorch's operations (``fastxent._torch_composite``), in
+    the backward pass that needs them.
 
     Examples
     --------
@@ -353,21 +541,27 @@ def linear_cross_entropy(hidden, weight, target, bias=None, *, reduction="mean",
     >>> layer.weight.grad.shape
     torch.Size([3, 2])
     """
-    if reduction not in ("mean", "sum", "none"):
-        raise ValueError(f"reduction={reduction!r} is not one of 'mean', 'sum', 'none'")
+    reduction = _checks.reduction(reduction)
     _check(hidden, weight, bias, target)
     _accum_dtype(accum_dtype, hidden.dtype)
+    dtype = _loss_dtype(loss_dtype, hidden.dtype)
     if ce_weight is not None and not isinstance(ce_weight, torch.Tensor):
         raise TypeError(f"ce_weight must be a torch.Tensor, got {type(ce_weight).__name__}")
-    if ce_weight is not None and ce_weight.requires_grad:
-        raise RuntimeError("fastxent.torch.linear_cross_entropy differentiates with respect to "
-                           "hidden, weight and bias, and ce_weight requires grad")
-    eager = torch.is_grad_enabled() and reduction != "none"
+    if ce_weight is not None and ce_weight.requires_grad and torch.is_grad_enabled():
+        raise RuntimeError("fastxent.torch.linear_cross_entropy is not differentiable with "
+                           "respect to ce_weight: it cannot have requires_grad=True")
+    options = (_checks.ignore_index(ignore_index),) + tuple(_linear.checked_options(
+        label_smoothing, z_loss, softcap).values())
+    s = _checks.shift(shift, tuple(hidden.shape), "hidden")
+    grad = torch.is_grad_enabled()
+    # the gradients with the loss (scaled in backward), unless a per-row upstream gradient
+    # must enter them (reduction="none") or the targets' own is asked for
+    eager = grad and reduction != "none" and not target.requires_grad
     want = [eager and t is not None and t.requires_grad for t in (hidden, weight, bias)]
-    return _linear_op(hidden, weight, target, bias, ce_weight, reduction, int(ignore_index),
-                      float(label_smoothing), float(z_loss),
-                      None if softcap is None else float(softcap), _chunk_list(chunk_size, weight),
-                      accum_dtype, *want)[0]
+    parts = bool(return_z_loss or return_lse)
+    out = _linear_op(hidden, weight, target, bias, ce_weight, reduction, *options, s,
+                     _chunk_list(chunk_size, weight), accum_dtype, parts, dtype, *want)
+    return _returned(out, return_z_loss, return_lse)
 
 
 class LinearCrossEntropyLoss(torch.nn.Module):

@@ -34,27 +34,36 @@ def _tensor(a):
     return torch.from_numpy(a if a.flags.c_contiguous else a.copy())
 
 
-def _no_double_backward():
+def _no_double_backward(what="fastxent.torch's losses have"):
     if torch.is_grad_enabled() and not torch.compiler.is_compiling():
         # backward(create_graph=True), autograd.grad(create_graph=True)
-        raise RuntimeError("fastxent.torch's losses have no double backward: their gradients "
-                           "come from fused kernels, not from differentiable operations; call "
-                           "backward without create_graph=True, or use PyTorch's own functions "
+        raise RuntimeError(f"{what} no double backward: their gradients come from fused "
+                           "kernels, not from differentiable operations; call backward without "
+                           "create_graph=True, or use PyTorch's own functions "
                            "(torch.nn.functional.cross_entropy, ...) where second derivatives "
                            "are needed")
 
 
-def _scaled(grad, grad_loss, reduction, per_row=True):
-    """The saved gradient times the upstream one. Eagerly in place (no second array of the
-    gradient's size), and not at all when the upstream gradient is all ones (what
-    ``loss.backward()`` passes, and ``loss.sum().backward()`` for a loss per row): values read
-    back, against a pass over the gradient. When traced (``torch.compile``, or any tensor
-    subclass such as the fake tensors of tracing), a plain product that the compiler can fuse.
-    ``per_row``: a loss per row for reduction="none" (else one per element).
+def _graph_kept():
+    """Whether the running backward pass keeps its graph (``retain_graph=True``, or
+    ``create_graph=True``), so that a saved tensor may be read again by another one; True when
+    PyTorch cannot say."""
+    keep = getattr(torch._C._autograd, "_get_current_graph_task_keep_graph", None)
+    return True if keep is None else bool(keep())
 
-    Scaling in place consumes the saved gradient: a second backward pass through a retained
-    graph with an upstream gradient other than ones raises PyTorch's error about a saved tensor
-    modified in place (Liger-Kernel's losses share this limit)."""
+
+def _scaled(grad, grad_loss, reduction, per_row=True):
+    """The saved gradient times the upstream one (None when that is undefined: zeros, which
+    autograd takes as None). Not at all when the upstream gradient is all ones (what
+    ``loss.backward()`` passes, and ``loss.sum().backward()`` for a loss per row): values read
+    back, against a pass over the gradient. Otherwise in place (no second array of the
+    gradient's size) when the backward pass frees its graph, and as a new tensor when it keeps
+    it, so that a second pass through a retained graph finds the saved gradient unchanged. When
+    traced (``torch.compile``, or any tensor subclass such as the fake tensors of tracing), a
+    plain product that the compiler can fuse. ``per_row``: a loss per row for reduction="none"
+    (else one per element)."""
+    if grad_loss is None:
+        return None
     go = grad_loss.to(grad.dtype)
     if reduction == "none" and per_row:
         go = go.unsqueeze(-1)
@@ -62,9 +71,9 @@ def _scaled(grad, grad_loss, reduction, per_row=True):
               or type(grad_loss) is not torch.Tensor)
     if traced:
         return grad * go
-    if not bool((go == 1).all()):
-        grad.mul_(go)
-    return grad
+    if bool((go == 1).all()):
+        return grad
+    return grad * go if _graph_kept() else grad.mul_(go)
 
 
 def _keep_gradient(op, reduction_at, n_args, per_row):
@@ -83,3 +92,22 @@ def _keep_gradient(op, reduction_at, n_args, per_row):
         return (_scaled(grad, grad_loss, ctx.reduction, per_row),) + (None,) * (n_args - 1)
 
     op.register_autograd(backward, setup_context=setup)
+
+
+def _loss_dtype(loss_dtype, dtype):
+    """``loss_dtype`` checked: None (the input's ``dtype``), or a floating dtype at least as
+    wide; None when it is the input's."""
+    if loss_dtype is None or loss_dtype == dtype:
+        return None
+    if loss_dtype not in (torch.float32, torch.float64) or loss_dtype.itemsize < dtype.itemsize:
+        raise ValueError(f"loss_dtype={loss_dtype!r} must be None (the input's dtype, "
+                         f"{dtype}) or a wider floating dtype (torch.float32, torch.float64)")
+    return loss_dtype
+
+
+def _returned(out, want_z, want_lse):
+    """The loss, or ``(loss, z_loss, lse)`` with the parts asked for, from an operator's
+    ``(loss, z-loss term, lse, ...)``."""
+    if not (want_z or want_lse):
+        return out[0]
+    return (out[0],) + ((out[1],) if want_z else ()) + ((out[2],) if want_lse else ())

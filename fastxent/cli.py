@@ -111,6 +111,8 @@ def main(argv=None):
     except BrokenPipeError:  # `fastxent info | head`: the reader left, which is not an error
         sys.stdout = open(os.devnull, "w")  # so that the interpreter's final flush stays quiet
         return 0
+    except OSError as exc:  # a file named on the command line that cannot be read or written
+        parser.exit(2, f"{parser.prog} {args.command}: error: {exc}\n")
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ def _codes(t, col0, width, n_classes, ignore_index, *, absent=False):
 
 
 def _rows(x):
-    return _dtypes.storage_view(np.ascontiguousarray(x)).reshape(-1, x.shape[-1])
+    return _dtypes.storage_view(_checks.native(np.ascontiguousarray(x))).reshape(-1, x.shape[-1])
 
 
 def _partials(x, t, *, ignore_index, backend, block_info=None):

@@ -28,11 +28,12 @@ from typing import Optional, Tuple
 
 import torch
 
-from . import _api
+from . import _api, _checks, _torch_composite
 from . import _family as _api_family
 from ._family_torch import cross_entropy_from_probs, entropy, kl_divergence
 from ._linear_torch import LinearCrossEntropyLoss, linear_cross_entropy
-from ._torch_support import _arrays, _host, _keep_gradient, _no_double_backward, _scaled, _tensor
+from ._torch_support import (_arrays, _host, _keep_gradient, _loss_dtype, _no_double_backward,
+                             _returned, _scaled, _tensor)
 
 __all__ = ["BCELoss", "BCEWithLogitsLoss", "CrossEntropyLoss", "LinearCrossEntropyLoss",
            "binary_cross_entropy", "binary_cross_entropy_with_logits", "cross_entropy",
@@ -50,59 +51,140 @@ def _legacy_reduction(size_average, reduce):
     return "sum" if reduce else "none"
 
 
-def _call(fn, logits, targets, weight, **options):
-    """``fn``, one of fastxent's functions, on tensors; its loss as a tensor in the logits' dtype
-    and on their device, and anything else it returns as tensors (or None)."""
+def _call(fn, logits, targets, weight, loss_dtype, parts, **options):
+    """``fn``, fastxent's cross-entropy (or its fused form, with ``options`` for it), on
+    tensors: ``(loss, z-loss term, lse)`` in ``loss_dtype`` (None: the logits' dtype) on the
+    logits' device, the last two empty unless ``parts``; and the gradient, for the fused form
+    (None in place)."""
     w = None if weight is None else _arrays(weight.detach())
-    result = fn(_arrays(logits.detach()), _arrays(targets.detach()), weight=w, **options)
-    loss, *rest = result if isinstance(result, tuple) else (result,)
-    loss = _tensor(loss).to(device=logits.device, dtype=logits.dtype)
-    return (loss, *(None if r is None else _tensor(r) for r in rest))
+    result = fn(_arrays(logits.detach()), _arrays(targets.detach()), weight=w,
+                return_z_loss=parts, return_lse=parts, **options)
+    values, grad = result if fn is _api.cross_entropy_with_grad else (result, None)
+    dtype = loss_dtype or logits.dtype
+    values = [_tensor(a).to(device=logits.device, dtype=dtype)
+              for a in (values if parts else (values,))]
+    while len(values) < 3:
+        values.append(logits.new_empty(0, dtype=dtype))
+    return tuple(values) + ((None if grad is None or options.get("inplace") else _tensor(grad)),)
 
 
-def _fused_call(logits, targets, weight, options, inplace):
-    """fastxent's fused kernel on tensors: (loss, gradient, or None in place)."""
-    loss, grad = _call(_api.cross_entropy_with_grad, logits, targets, weight, inplace=inplace,
-                       **options)
-    return loss, (None if inplace else grad)
+def _parts_fake(logits, reduction, parts, loss_dtype):
+    """Empty outputs shaped as :func:`_call`'s three values."""
+    dtype = loss_dtype or logits.dtype
+    per_row = logits.shape[:-1]
+    loss = logits.new_empty(per_row if reduction == "none" else (), dtype=dtype)
+    if not parts:
+        return loss, logits.new_empty(0, dtype=dtype), logits.new_empty(0, dtype=dtype)
+    return loss, torch.empty_like(loss), logits.new_empty(per_row, dtype=dtype)
 
 
 @torch.library.custom_op("fastxent::cross_entropy", mutates_args=())
 def _cross_entropy_op(logits: torch.Tensor, targets: torch.Tensor, weight: Optional[torch.Tensor],
                       reduction: str, ignore_index: int, label_smoothing: float, z_loss: float,
-                      softcap: Optional[float]) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(loss, gradient of the loss) of class-last logits: fastxent's fused kernel as an operator
-    that ``torch.compile`` traces through."""
-    return _fused_call(logits, targets, weight, dict(
-        reduction=reduction, ignore_index=ignore_index, label_smoothing=label_smoothing,
-        z_loss=z_loss, softcap=softcap), False)
+                      softcap: Optional[float], parts: bool, loss_dtype: Optional[torch.dtype]
+                      ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss, z-loss term, lse, gradient of the loss) of class-last logits: fastxent's fused
+    kernel as an operator that ``torch.compile`` traces through (the z-loss term and the lse
+    empty unless ``parts``)."""
+    return _call(_api.cross_entropy_with_grad, logits, targets, weight, loss_dtype, parts,
+                 reduction=reduction, ignore_index=ignore_index, label_smoothing=label_smoothing,
+                 z_loss=z_loss, softcap=softcap)
 
 
 @_cross_entropy_op.register_fake
 def _cross_entropy_fake(logits, targets, weight, reduction, ignore_index, label_smoothing, z_loss,
-                        softcap):
-    shape = logits.shape[:-1] if reduction == "none" else ()
-    return logits.new_empty(shape), torch.empty_like(logits, memory_format=torch.contiguous_format)
+                        softcap, parts, loss_dtype):
+    return _parts_fake(logits, reduction, parts, loss_dtype) + (
+        torch.empty_like(logits, memory_format=torch.contiguous_format),)
 
 
-_keep_gradient(_cross_entropy_op, 3, 8, per_row=True)
+def _setup(ctx, inputs, output):
+    (logits, targets, weight, reduction, ignore_index, label_smoothing, z_loss, softcap, parts,
+     _) = inputs
+    ctx.options = dict(reduction=reduction, ignore_index=ignore_index,
+                       label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap)
+    ctx.parts = parts
+    # the inputs for what the kept gradient cannot give (``_torch_composite``), the lse for the
+    # gradient of the parts
+    ctx.save_for_backward(logits, targets, weight, output[3], output[2])
+    # the gradient output is not differentiated through: no zeros of the logits' size for it
+    ctx.mark_non_differentiable(output[3])
+    ctx.set_materialize_grads(False)
+
+
+def _backward(ctx, grad_loss, grad_z, grad_lse, _grad_of_grad):
+    logits, targets, weight, grad, lse = ctx.saved_tensors
+    needs = tuple(ctx.needs_input_grad[:3])
+    nothing = (None,) * 10
+    if not ctx.parts:  # empty outputs
+        grad_z = grad_lse = None
+    if grad_loss is None and grad_z is None and grad_lse is None:
+        return nothing
+    create_graph = torch.is_grad_enabled() and not torch.compiler.is_compiling()
+    if create_graph or needs[1] or needs[2]:
+        return _torch_composite.backward(logits, targets, weight, ctx.options,
+                                         (grad_loss, grad_z, grad_lse), needs,
+                                         create_graph) + nothing[3:]
+    if not needs[0]:
+        return nothing
+    gx = _scaled(grad, grad_loss, ctx.options["reduction"])
+    if grad_z is not None or grad_lse is not None:
+        gx = _plus_lse_gradient(gx, logits, targets, lse, grad_z, grad_lse, ctx.options)
+    return (gx,) + nothing[1:]
+
+
+_cross_entropy_op.register_autograd(_backward, setup_context=_setup)
+
+
+def _plus_lse_gradient(gx, logits, targets, lse, grad_z, grad_lse, options):
+    """``gx`` (the gradient of the loss, or None) plus the gradient of the z-loss term and of
+    the lse outputs: each counted row's lse moves with ``softmax(y)·dy/dx``, by its upstream
+    gradient plus the z-loss term's ``2·z_loss·lse`` (over the counted rows for a mean). A new
+    tensor: ``gx`` may be the saved gradient of a graph kept for another backward pass."""
+    reduction, z_loss, cap = options["reduction"], options["z_loss"], options["softcap"]
+    compute = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    v = logits.shape[-1]
+    probs = targets.is_floating_point()
+    valid = (torch.ones(lse.numel(), dtype=torch.bool, device=lse.device) if probs
+             else targets.reshape(-1) != options["ignore_index"])
+    row = torch.zeros(lse.numel(), dtype=compute, device=lse.device)
+    lse64 = lse.reshape(-1).to(compute)
+    if grad_lse is not None:
+        row = row + grad_lse.reshape(-1).to(compute)
+    if grad_z is not None and z_loss:
+        up = grad_z.reshape(-1).to(compute)
+        if reduction == "mean":
+            up = up / valid.sum()
+        row = row + up * 2.0 * z_loss * lse64
+    row = torch.where(valid, row, 0.0)
+    y = logits.reshape(-1, v).to(compute)
+    slope = None
+    if cap is not None:
+        y = cap * torch.tanh(y / cap)
+        slope = 1.0 - (y / cap) ** 2
+    term = torch.exp(y - lse64[:, None]) * row[:, None]
+    if slope is not None:
+        term = term * slope
+    term = term.reshape(logits.shape)
+    return (term if gx is None else gx + term).to(logits.dtype)
 
 
 @torch.library.custom_op("fastxent::cross_entropy_forward", mutates_args=())
 def _forward_op(logits: torch.Tensor, targets: torch.Tensor, weight: Optional[torch.Tensor],
                 reduction: str, ignore_index: int, label_smoothing: float, z_loss: float,
-                softcap: Optional[float]) -> torch.Tensor:
-    """The loss alone (one read of the logits): for calls that need no gradient."""
-    (loss,) = _call(_api.cross_entropy, logits, targets, weight, reduction=reduction,
-                    ignore_index=ignore_index, label_smoothing=label_smoothing, z_loss=z_loss,
-                    softcap=softcap)
-    return loss
+                softcap: Optional[float], parts: bool, loss_dtype: Optional[torch.dtype]
+                ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The loss (z-loss term, lse) alone, one read of the logits: for calls that need no
+    gradient."""
+    return _call(_api.cross_entropy, logits, targets, weight, loss_dtype, parts,
+                 reduction=reduction, ignore_index=ignore_index, label_smoothing=label_smoothing,
+                 z_loss=z_loss, softcap=softcap)[:3]
 
 
 @_forward_op.register_fake
 def _forward_fake(logits, targets, weight, reduction, ignore_index, label_smoothing, z_loss,
-                  softcap):
-    return logits.new_empty(logits.shape[:-1] if reduction == "none" else ())
+                  softcap, parts, loss_dtype):
+    return _parts_fake(logits, reduction, parts, loss_dtype)
 
 
 class _InplaceCrossEntropy(torch.autograd.Function):
@@ -110,31 +192,37 @@ class _InplaceCrossEntropy(torch.autograd.Function):
     forward pass, which autograd is told about (``mark_dirty``)."""
 
     @staticmethod
-    def forward(ctx, logits, targets, weight, options):
-        loss, _ = _fused_call(logits, targets, weight, options, True)
+    def forward(ctx, logits, targets, weight, options, parts, loss_dtype):
+        loss, z, lse, _ = _call(_api.cross_entropy_with_grad, logits, targets, weight,
+                                loss_dtype, parts, inplace=True, **options)
         ctx.reduction = options["reduction"]
         # autograd bumps the logits' version; saved, they raise if anything changes them again
         ctx.mark_dirty(logits)
         ctx.save_for_backward(logits)
-        return loss, logits
+        return loss, z, lse, logits
 
     @staticmethod
-    def backward(ctx, grad_loss, grad_dirty):
-        _no_double_backward()
+    def backward(ctx, grad_loss, grad_z, grad_lse, grad_dirty):
+        _no_double_backward("fastxent.torch.cross_entropy(..., inplace_backward=True) has")
         if grad_dirty is not None and bool(torch.any(grad_dirty != 0)):
             raise RuntimeError("fastxent.torch.cross_entropy(..., inplace_backward=True) wrote the "
                                "gradient over the logits, and the logits were then used by an "
                                "operation being differentiated; take what you need from them "
                                "before the call, or leave inplace_backward=False")
+        for name, g in (("z_loss", grad_z), ("lse", grad_lse)):
+            if g is not None and bool(torch.any(g != 0)):
+                raise RuntimeError(f"fastxent.torch.cross_entropy(..., inplace_backward=True) "
+                                   f"returns its {name} for reading only: the logits it would "
+                                   "differentiate were overwritten by the gradient; leave "
+                                   "inplace_backward=False to differentiate it")
         (grad,) = ctx.saved_tensors
-        if grad_loss is None:
-            return None, None, None, None
-        return _scaled(grad, grad_loss, ctx.reduction), None, None, None
+        return (_scaled(grad, grad_loss, ctx.reduction),) + (None,) * 5
 
 
 def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-100, reduce=None,
                   reduction="mean", label_smoothing=0.0, *, z_loss=0.0, softcap=None,
-                  inplace_backward=False):
+                  inplace_backward=False, return_z_loss=False, return_lse=False,
+                  loss_dtype=None):
     """``torch.nn.functional.cross_entropy``, computed by fastxent's fused kernels.
 
     Parameters
@@ -144,9 +232,10 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
         PyTorch), float32, float64, float16 or bfloat16, on the CPU or a CUDA device.
     target : Tensor
         Class indices of the input's shape without the class dimension, or probabilities of the
-        input's shape.
+        input's shape (differentiable, as in PyTorch).
     weight, ignore_index, reduction, label_smoothing, size_average, reduce
-        As ``torch.nn.functional.cross_entropy``.
+        As ``torch.nn.functional.cross_entropy`` (class weights that require grad: with
+        probability targets only, as PyTorch).
     z_loss : float
         Adds ``z_loss * logsumexp**2`` per non-ignored row (averaged over those rows for "mean").
     softcap : float, optional
@@ -155,12 +244,24 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
         Write the gradient over ``input`` in the forward pass: no memory of the input's size. Needs
         the classes in the last dimension (``(C,)`` or ``(N, C)``), contiguous, and an input that
         is not a leaf requiring grad. See the module's notes on what autograd then checks.
+    return_z_loss : bool
+        Also return the z-loss term, reduced as the loss is (the loss includes it), as
+        Liger-Kernel's ``return_z_loss``.
+    return_lse : bool
+        Also return each row's log-sum-exp (of the soft-capped logits; 0 for ignored rows), the
+        shape of the input without the class dimension, as Cut Cross-Entropy's ``return_lse``.
+        Both parts are differentiable.
+    loss_dtype : torch.dtype, optional
+        The dtype of the results: None for the input's (as PyTorch), or ``torch.float32`` (or
+        ``float64``): for half-precision logits, losses not rounded to the input's precision
+        (bfloat16 alone is 2**-8 relative), as Cut Cross-Entropy returns them.
 
     Returns
     -------
-    Tensor
-        The loss, in the input's dtype and on its device: 0-d, or for ``reduction="none"`` the
-        shape of the input without the class dimension.
+    Tensor or tuple of Tensor
+        The loss, in ``loss_dtype`` and on the input's device: 0-d, or for ``reduction="none"``
+        the shape of the input without the class dimension. With ``return_z_loss`` or
+        ``return_lse``, the tuple ``(loss, z_loss, lse)`` of those asked for.
 
     Examples
     --------
@@ -172,36 +273,56 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
     >>> loss.backward()
     >>> logits.grad
     tensor([[-0.3410,  0.2424,  0.0986]])
+    >>> loss, z = fxt.cross_entropy(logits, torch.tensor([0]), z_loss=1e-4, return_z_loss=True)
+    >>> round(z.item(), 6)  # 1e-4 · lse²
+    0.000584
     """
     if size_average is not None or reduce is not None:
         reduction = _legacy_reduction(size_average, reduce)
-    if reduction not in _REDUCTIONS:
-        raise ValueError(f"reduction={reduction!r} is not one of "
-                         f"{', '.join(map(repr, _REDUCTIONS))}")
+    reduction = _checks.reduction(reduction)
     if not isinstance(input, torch.Tensor) or not isinstance(target, torch.Tensor):
         raise TypeError("input and target must be tensors, got "
                         f"{type(input).__name__} and {type(target).__name__}")
     if input.dim() == 0:
         raise ValueError("input must have the classes in dimension 0 (C,) or 1 (N, C, ...), got "
                          "a 0-d tensor")
+    if weight is not None and not isinstance(weight, torch.Tensor):
+        raise TypeError(f"weight must be a tensor, got {type(weight).__name__}")
+    options = dict(reduction=reduction, ignore_index=_checks.ignore_index(ignore_index),
+                   label_smoothing=_checks.real(label_smoothing, "label_smoothing", low=0.0,
+                                                high=1.0),
+                   z_loss=_checks.real(z_loss, "z_loss", low=0.0),
+                   softcap=_checks.softcap(softcap))
+    dtype = _loss_dtype(loss_dtype, input.dtype)
     probs = target.is_floating_point()
+    if weight is not None and weight.requires_grad and not probs and torch.is_grad_enabled():
+        raise RuntimeError("fastxent.torch.cross_entropy is not differentiable with respect to "
+                           "weight with class-index targets (as PyTorch's nll_loss): weight "
+                           "cannot have requires_grad=True")
     x = input if input.dim() <= 2 else input.movedim(1, -1)
     t = target if not (probs and target.dim() > 2) else target.movedim(1, -1)
-    if inplace_backward and (input.dim() > 2 or not input.is_contiguous()):
+    parts = bool(return_z_loss or return_lse)
+    if inplace_backward:
+        _check_inplace(input, target, weight)
+        out = _InplaceCrossEntropy.apply(x, t, weight, options, parts, dtype)
+    elif torch.is_grad_enabled() and (input.requires_grad or target.requires_grad or (
+            weight is not None and weight.requires_grad)):
+        out = _cross_entropy_op(x, t, weight, *options.values(), parts, dtype)
+    else:  # no gradient wanted: the statistics pass alone
+        out = _forward_op(x, t, weight, *options.values(), parts, dtype)
+    return _returned(out, return_z_loss, return_lse)
+
+
+def _check_inplace(input, target, weight):
+    if input.dim() > 2 or not input.is_contiguous():
         raise ValueError("inplace_backward=True needs contiguous input with the classes in the "
                          f"last dimension, (C,) or (N, C); got shape {tuple(input.shape)}"
                          + ("" if input.is_contiguous() else " (not contiguous)"))
-    if inplace_backward:
-        options = dict(reduction=reduction, ignore_index=ignore_index,
-                       label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap)
-        loss, _ = _InplaceCrossEntropy.apply(x, t, weight, options)
-        return loss
-    args = (x, t, weight, reduction, int(ignore_index), float(label_smoothing), float(z_loss),
-            None if softcap is None else float(softcap))
-    if not (torch.is_grad_enabled() and input.requires_grad):
-        return _forward_op(*args)  # no gradient wanted: the statistics pass alone
-    loss, _ = _cross_entropy_op(*args)
-    return loss
+    for name, t in (("target", target), ("weight", weight)):
+        if t is not None and t.requires_grad and torch.is_grad_enabled():
+            raise RuntimeError(f"fastxent.torch.cross_entropy(..., inplace_backward=True) gives "
+                               f"the gradient of input only, and {name} requires grad; leave "
+                               "inplace_backward=False for it")
 
 
 class CrossEntropyLoss(torch.nn.Module):

@@ -508,12 +508,12 @@ def test_linear_cross_entropy_chunks_through_the_device_kernels(rng, monkeypatch
             losses[idx] = loss.copy_to_host()
 
         @staticmethod
-        def fused(x, t, scale, options):  # as fastxent.torch calls it for CUDA tensors
-            return _device.chunk_losses(x, t, scale=scale, **options)
+        def fused(x, t, scale, options, lse=False):  # as fastxent.torch calls it for CUDA
+            return _device.chunk_losses(x, t, scale=scale, lse=lse, **options)
 
         @staticmethod
-        def loss(x, t, options):
-            return _device.chunk_losses(x, t, **options)
+        def loss(x, t, options, lse=False):
+            return _device.chunk_losses(x, t, lse=lse, **options)
 
     n, h, v = 21, 6, 37
     hidden = rng.standard_normal((n, h)).astype(F32)
@@ -566,3 +566,24 @@ def test_categorical_terms_and_gradient_match_the_reference(rng, eps):
     assert int(flag.copy_to_host()[0]) == 0
     np.testing.assert_allclose(total.copy_to_host()[0], want.sum(), rtol=1e-12)
     np.testing.assert_allclose(grad.copy_to_host(), want_grad, rtol=1e-12, atol=1e-300)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_loss_parts_and_shift_match_the_cpu(rng, reduction):
+    """``return_z_loss``, ``return_lse`` and ``shift`` on device arrays (the z-loss term and the
+    log-sum-exps from the call's own row statistics, the targets shifted on the host), against
+    the CPU backend."""
+    x = random_logits(rng, (2, 6, V), F32)
+    t = rng.integers(0, V, (2, 6))
+    t[1, 3] = -100
+    opts = dict(reduction=reduction, z_loss=1e-2, softcap=5.0, shift=2, return_z_loss=True,
+                return_lse=True)
+    want, want_grad = fx.cross_entropy_with_grad(x, t, **opts)
+    got, grad = fx.cross_entropy_with_grad(cuda.to_device(x), t, **opts)
+    for a, b in zip(got, want):
+        a = a.copy_to_host() if hasattr(a, "copy_to_host") else a
+        np.testing.assert_allclose(np.asarray(a).reshape(np.shape(b)), b, rtol=2e-6, atol=1e-7)
+    np.testing.assert_allclose(grad.copy_to_host(), want_grad, rtol=1e-5, atol=1e-7)
+    host = fx.cross_entropy(x, t, backend="cuda", **opts)  # host arrays through the device
+    for a, b in zip(host, want):
+        np.testing.assert_allclose(a, b, rtol=2e-6, atol=1e-7)

@@ -56,6 +56,12 @@ def launches(dtype, variant):
         return plan.call(x, plan.PROBS, None, -100, np.zeros_like(x), np.ones(V, compute), 0.1,
                          1e-4, 30.0, True, "none", 0.0, np.ones(N), x, np.zeros(N, compute),
                          _scratch, _dummy, FACTS)[0]
+    if variant in ("parts", "parts-none"):  # return_z_loss and return_lse: z-loss and lse
+        red = "none" if variant == "parts-none" else "mean"
+        rows = N if red == "none" else 1
+        return plan.call(x, plan.INDEX, np.zeros(N, np.int64), -100, None, None, 0.0, 1e-4, None,
+                         False, red, 1.0, None, None, np.zeros(rows, compute), _scratch, _dummy,
+                         FACTS, (np.zeros(rows, compute), np.zeros(N, compute)))[0]
     if variant == "split":  # batch-1 scoring: one row cut across blocks, fused
         x = np.zeros((1, 256000), STORAGE[dtype])
         return plan.call(x, plan.INDEX, np.zeros(1, np.int64), -100, None, None, 0.0, 0.0, None,
@@ -95,12 +101,15 @@ def test_fused_row_kernel_ptx(target_cc, dtype):
 
 @pytest.mark.parametrize("target_cc", [(9, 0)], indirect=True, ids=["sm90"])
 @pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
-@pytest.mark.parametrize("variant", ["options", "logsumexp", "split"])
+@pytest.mark.parametrize("variant", ["options", "logsumexp", "split", "parts", "parts-none"])
 def test_other_launches_ptx(target_cc, dtype, variant):
     names = [launch[0] for launch in launches(dtype, variant)]
     if variant == "split":
         assert names == ["targets_kernel", "partials_kernel", "merge_kernel",
                          "split_gradient_kernel", "reduce_kernel"]
+    if variant.startswith("parts"):
+        z_kernel = "z_rows_kernel" if variant == "parts-none" else "z_reduce_kernel"
+        assert names[-2:] == [z_kernel, "lse_kernel"]
     for name, blocks, threads, args in launches(dtype, variant):
         ptx = ptx_of(name, args, target_cc)
         assert ".entry" in ptx

@@ -194,10 +194,36 @@ def test_overwritten_logits_cannot_be_differentiated_through(gen):
         (loss + square).backward()
 
 
-def test_double_backward_raises():
+@pytest.mark.parametrize("options", [dict(), dict(reduction="none", label_smoothing=0.1),
+                                     dict(reduction="sum", z_loss=1e-2, softcap=3.0, weight="w")],
+                         ids=["plain", "none-smoothing", "sum-zloss-softcap-weight"])
+def test_double_backward_matches_pytorch(gen, options):
+    """Second derivatives (gradgradcheck, Hessian-vector products), as F.cross_entropy has them:
+    the backward pass of a graph kept with create_graph=True goes through PyTorch's operations."""
+    x = torch.randn(4, 6, generator=gen, dtype=torch.float64, requires_grad=True)
+    t = torch.tensor([0, 5, -100, 2])
+    opts = dict(options)
+    if opts.get("weight") == "w":
+        opts["weight"] = torch.rand(6, generator=gen, dtype=torch.float64) + 0.5
+    assert torch.autograd.gradgradcheck(lambda z: fxt.cross_entropy(z, t, **opts), (x,))
+    v = torch.randn(4, 6, generator=gen, dtype=torch.float64)
+    hvp = []
+    for fn in (fxt.cross_entropy, F.cross_entropy):
+        kw = {k: a for k, a in opts.items() if fn is fxt.cross_entropy or k not in
+              ("z_loss", "softcap")}
+        if fn is F.cross_entropy and "softcap" in opts:
+            continue
+        loss = fn(x, t, **kw)
+        (g,) = torch.autograd.grad(loss.sum(), x, create_graph=True)
+        hvp.append(torch.autograd.grad((g * v).sum(), x)[0])
+    if len(hvp) == 2:
+        torch.testing.assert_close(hvp[0], hvp[1])
+
+
+def test_double_backward_of_the_in_place_mode_raises():
     x = torch.randn(4, 5, dtype=torch.float64, requires_grad=True)
-    loss = fxt.cross_entropy(x, torch.tensor([0, 1, 2, 3]))
-    with pytest.raises(RuntimeError, match="no double backward"):
+    loss = fxt.cross_entropy(x * 1.0, torch.tensor([0, 1, 2, 3]), inplace_backward=True)
+    with pytest.raises(RuntimeError, match="inplace_backward=True. has no double backward"):
         torch.autograd.grad(loss, x, create_graph=True)
 
 
@@ -234,8 +260,10 @@ def test_custom_op_passes_opcheck(gen, reduction):
     x = torch.randn(6, 11, generator=gen, requires_grad=True)
     t = torch.randint(0, 11, (6,), generator=gen)
     w = torch.rand(11, generator=gen) + 0.5
-    results = torch.library.opcheck(_cross_entropy_op, (x, t, w, reduction, 3, 0.1, 1e-4, 30.0))
-    assert set(results.values()) == {"SUCCESS"}, results
+    for parts in (False, True):
+        results = torch.library.opcheck(_cross_entropy_op,
+                                        (x, t, w, reduction, 3, 0.1, 1e-4, 30.0, parts, None))
+        assert set(results.values()) == {"SUCCESS"}, results
 
 
 def test_forward_only_calls(gen):
@@ -248,8 +276,10 @@ def test_forward_only_calls(gen):
         loss = fxt.cross_entropy(x.clone().requires_grad_(), t)
     assert loss.grad_fn is None
     torch.testing.assert_close(loss, F.cross_entropy(x, t))
-    results = torch.library.opcheck(_forward_op, (x, t, None, "sum", -100, 0.0, 0.0, None))
-    assert set(results.values()) == {"SUCCESS"}, results
+    for parts, dtype in ((False, None), (True, torch.float64)):
+        results = torch.library.opcheck(_forward_op,
+                                        (x, t, None, "sum", -100, 0.0, 0.0, None, parts, dtype))
+        assert set(results.values()) == {"SUCCESS"}, results
 
 
 def test_torch_compile_traces_without_graph_break(gen):

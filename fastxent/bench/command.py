@@ -6,6 +6,7 @@ import os
 import shlex
 import sys
 
+from .._argtypes import non_negative_int, positive_float, positive_int
 from . import gpu, grid, report
 from .ceilings import DEFAULT_BANDWIDTH_MIB
 from .inputs import DTYPES
@@ -13,30 +14,6 @@ from .peers import PEERS, WORKLOADS
 from .runner import DEFAULT_REPEAT, DEFAULT_TIME_BUDGET, log, run_bench
 
 _QUICK, _FULL = grid.SIZES["quick"], grid.SIZES["full"]
-
-
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
-def _non_negative_int(text):
-    return 0 if text.strip() == "0" else _positive_int(text)
-
-
-def _positive_float(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
-    return value
 
 
 def _words(values):
@@ -50,9 +27,9 @@ def add_arguments(parser):
                              f"{_words(_FULL['vocab'])} × {_words(_FULL['dtypes'])} × every "
                              "workload, with --memory (about 50 minutes on 2 cores); the options "
                              "below narrow it")
-    parser.add_argument("--rows", type=_positive_int, nargs="+", metavar="N",
+    parser.add_argument("--rows", type=positive_int, nargs="+", metavar="N",
                         help=f"rows of the logits (default {_words(_QUICK['rows'])})")
-    parser.add_argument("--vocab", type=_positive_int, nargs="+", metavar="V",
+    parser.add_argument("--vocab", type=positive_int, nargs="+", metavar="V",
                         help=f"classes of the logits (default {_words(_QUICK['vocab'])})")
     parser.add_argument("--dtype", choices=DTYPES, nargs="+", metavar="DTYPE",
                         help=f"dtypes of the logits, among {', '.join(DTYPES)} (default "
@@ -70,19 +47,19 @@ def add_arguments(parser):
                              f"installed among {_words(grid.QUICK_PEERS)}, or all with --full; "
                              "none: fastxent only); with --device cuda among "
                              f"{', '.join(gpu.PEERS)}")
-    parser.add_argument("--repeat", type=_positive_int, default=DEFAULT_REPEAT,
+    parser.add_argument("--repeat", type=positive_int, default=DEFAULT_REPEAT,
                         help="timed calls per case, median reported; fewer for calls that reach "
                              f"the time budget (default {DEFAULT_REPEAT})")
-    parser.add_argument("--time-budget", type=_positive_float, default=DEFAULT_TIME_BUDGET,
+    parser.add_argument("--time-budget", type=positive_float, default=DEFAULT_TIME_BUDGET,
                         metavar="SECONDS", help="seconds of timed calls after which a slow case "
                         f"stops, after one call (default {DEFAULT_TIME_BUDGET:g})")
     parser.add_argument("--memory", action="store_true",
                         help="also measure the peak RSS growth of each case at the largest row "
                              "count, each in a fresh process (a few seconds per case)")
-    parser.add_argument("--memory-budget-gib", type=_positive_float, metavar="GIB",
+    parser.add_argument("--memory-budget-gib", type=positive_float, metavar="GIB",
                         help="drop cases estimated to need more memory than this (default: 60%% "
                              "of the machine's memory)")
-    parser.add_argument("--bandwidth-mib", type=_non_negative_int, default=DEFAULT_BANDWIDTH_MIB,
+    parser.add_argument("--bandwidth-mib", type=non_negative_int, default=DEFAULT_BANDWIDTH_MIB,
                         help="array size of the bandwidth measurement, MiB (default "
                              f"{DEFAULT_BANDWIDTH_MIB}; 0 skips the ceilings)")
     parser.add_argument("--linear", action="store_true",
@@ -91,7 +68,7 @@ def add_arguments(parser):
                              "H=1024 V=131072 float32; with --device cuda against PyTorch, "
                              "Liger-Kernel and Cut Cross-Entropy at N=8192 H=4096 V=131072 "
                              "bfloat16 (--rows, --hidden, --vocab, --dtype change it)")
-    parser.add_argument("--hidden", type=_positive_int, metavar="H",
+    parser.add_argument("--hidden", type=positive_int, metavar="H",
                         help="hidden size of --linear (default 1024)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
     parser.add_argument("--json", metavar="PATH",
@@ -104,6 +81,8 @@ def add_arguments(parser):
 
 def run_from_args(args, parser):
     """Run the benchmark for parsed options, print the tables; the exit status."""
+    if args.json and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
+        parser.error(f"--json {args.json!r}: no such directory to write it in")
     if args.linear:
         from . import linear
 

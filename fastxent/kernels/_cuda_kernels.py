@@ -503,8 +503,32 @@ def lse_kernel(stats, out):
         out[i] = stats[i, 0]
 
 
+@cuda.jit
+def z_rows_kernel(stats, z, out):
+    """Each row's z-loss term ``z·lse²`` (0 for a row that does not count: its lse is 0)."""
+    i = cuda.grid(1)
+    if i < out.size:
+        lse = stats[i, 0]
+        out[i] = z * lse * lse if z != 0 else 0.0
+
+
+@cuda.jit
+def z_reduce_kernel(stats, n, z, red, totals, out):
+    """One block: the z-loss term of the call, reduced as the loss (over the counted rows for
+    a mean), into ``out[0]``, in a fixed order."""
+    t = cuda.threadIdx.x
+    zt_sum = np.float64(0.0)
+    if z != 0:
+        for r in range(t, n, cuda.blockDim.x):
+            zt_sum += z * stats[r, 0] * stats[r, 0]
+    zt_sum = _block_reduce(zt_sum, False)
+    if t == 0:
+        out[0] = _div(zt_sum, totals[0]) if red == MEAN else zt_sum
+
+
 #: Every kernel, by name (the PTX tests compile each of them).
 KERNELS = {"targets_kernel": targets_kernel, "rows_kernel": rows_kernel,
            "partials_kernel": partials_kernel, "merge_kernel": merge_kernel,
            "split_gradient_kernel": split_gradient_kernel, "reduce_kernel": reduce_kernel,
-           "lse_kernel": lse_kernel}
+           "lse_kernel": lse_kernel, "z_rows_kernel": z_rows_kernel,
+           "z_reduce_kernel": z_reduce_kernel}

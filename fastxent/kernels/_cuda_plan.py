@@ -79,7 +79,7 @@ def _row_launches(n, v, itemsize, fused, facts, row_args, split_args):
 
 
 def call(x, kind, targets, ignore, probs, weight, eps, z, softcap, want_sy, reduction, go, go_rows,
-         grad, out, scratch, dummy, facts):
+         grad, out, scratch, dummy, facts, parts=(None, None)):
     """The launches of one cross-entropy call, and the flag array ``bad``.
 
     ``x`` is the (N, V) C-contiguous storage view on the device; ``targets`` (N,) integers and
@@ -89,17 +89,31 @@ def call(x, kind, targets, ignore, probs, weight, eps, z, softcap, want_sy, redu
     (``x`` itself in place) or None; ``out`` receives the loss in the compute type, shape (1,),
     or (N,) for "none"; ``scratch(shape, dtype)`` allocates device arrays, ``dummy(dtype)`` gives
     a one-element stand-in for an absent argument; ``facts`` = (multiprocessors, L2 bytes).
+    ``parts = (z_out, lse_out)``, each None or a device array of the compute type: the z-loss
+    term reduced as the loss ((1,), or (N,) for "none"), and each row's log-sum-exp (N,) (0 for
+    rows that do not count).
     Returns ``(launches, bad)``: launches are ``(kernel name, blocks, threads, args)``; after them
     ``bad[0]`` is -1, or the first row whose class index is out of range.
     """
-    launches, bad, _ = _launches(x, kind, targets, ignore, probs, weight, eps, z, softcap, want_sy,
-                                 reduction, go, go_rows, grad, out, scratch, dummy, facts)
+    launches, bad, stats, totals = _launches(x, kind, targets, ignore, probs, weight, eps, z,
+                                             softcap, want_sy, reduction, go, go_rows, grad, out,
+                                             scratch, dummy, facts)
+    n = x.shape[0]
+    z_out, lse_out = parts
+    if z_out is not None and REDUCTIONS[reduction] == NONE:
+        launches.append(("z_rows_kernel", -(-n // 256), 256, (stats, float(z), z_out)))
+    elif z_out is not None:
+        launches.append(("z_reduce_kernel", 1, config.CUDA_REDUCE_THREADS,
+                         (stats, n, float(z), REDUCTIONS[reduction], totals, z_out)))
+    if lse_out is not None and n:
+        launches.append(("lse_kernel", -(-n // 256), 256, (stats, lse_out)))
     return launches, bad
 
 
 def _launches(x, kind, targets, ignore, probs, weight, eps, z, softcap, want_sy, reduction, go,
               go_rows, grad, out, scratch, dummy, facts):
-    """:func:`call`'s launches, flag and row statistics ``[lse, Σwqy, Σwq, Σwy]`` (N, 4)."""
+    """:func:`call`'s launches, flag, row statistics ``[lse, Σwqy, Σwq, Σwy]`` (N, 4) and totals
+    (the counted rows, the sum of their weights, the sum of the class weights)."""
     n, v = x.shape
     compute = np.float64 if x.dtype == np.float64 else np.float32
     xe = x.reshape(n * v)
@@ -154,7 +168,7 @@ def _launches(x, kind, targets, ignore, probs, weight, eps, z, softcap, want_sy,
     if red != NONE:
         launches.append(("reduce_kernel", 1, config.CUDA_REDUCE_THREADS,
                          (stats, n, v, eps, z, red, totals, out)))
-    return launches, bad, stats
+    return launches, bad, stats, totals
 
 
 def lse_call(x, softcap, out, scratch, dummy, facts):
@@ -164,6 +178,7 @@ def lse_call(x, softcap, out, scratch, dummy, facts):
     if not n:
         return []
     compute = np.float64 if x.dtype == np.float64 else np.float32
-    launches, _, stats = _launches(x, NO_TARGETS, None, -1, None, None, 0.0, 0.0, softcap, False,
-                                   "none", 1.0, None, None, dummy(compute), scratch, dummy, facts)
+    launches, _, stats, _ = _launches(x, NO_TARGETS, None, -1, None, None, 0.0, 0.0, softcap,
+                                      False, "none", 1.0, None, None, dummy(compute), scratch,
+                                      dummy, facts)
     return launches + [("lse_kernel", -(-n // 256), 256, (stats, out))]

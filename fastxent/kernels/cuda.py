@@ -74,12 +74,12 @@ def _launch(launches, stream):
 
 
 def run(x, kind, targets, ignore, probs, weight, eps, z, softcap, want_sy, reduction, go, go_rows,
-        grad, out, stream, scratch):
+        grad, out, stream, scratch, parts=(None, None)):
     """Queues the kernels of one call on ``stream`` and returns the device flag ``bad`` without
     waiting (arguments: ``_cuda_plan.call``)."""
     launches, bad = _plan.call(x, kind, targets, ignore, probs, weight, eps, z, softcap, want_sy,
                                reduction, go, go_rows, grad, out, scratch, _dummy,
-                               _device_facts())
+                               _device_facts(), parts)
     _launch(launches, stream)
     return bad
 
