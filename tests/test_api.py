@@ -777,3 +777,35 @@ def test_logsumexp_empty_class_axis(backend):
     """
     empty = fx.logsumexp(np.zeros((3, 0), F32), backend=backend)
     assert empty.shape == (3,) and np.all(empty == -np.inf)
+
+
+@pytest.mark.parametrize("dtype", [F32, BF16], ids=dtype_id)
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_shift_and_loss_parts(rng, backend, reduction, dtype):
+    """shift= scores position i against target i + shift without copying the logits;
+    return_z_loss / return_lse give the z-loss term (reduced as the loss) and each row's lse
+    (0 for ignored rows), all as the same call on sliced copies gives them."""
+    x = random_logits(rng, (3, 6, V), dtype)
+    labels = random_targets(rng, (3, 6), V, ignore_index=-100)
+    opts = dict(reduction=reduction, z_loss=1e-2, label_smoothing=0.1, softcap=8.0,
+                backend=backend, return_z_loss=True, return_lse=True)
+    for s in (1, 3):
+        go = rng.uniform(0.5, 2.0, (3, 6 - s)) if reduction == "none" else 0.5
+        want, want_grad = fx.cross_entropy_with_grad(np.ascontiguousarray(x[:, :-s]),
+                                                     labels[:, s:], grad_output=go, **opts)
+        got, grad = fx.cross_entropy_with_grad(x, labels, shift=s, grad_output=go, **opts)
+        for a, b in zip(got, want):  # (sums over other rows: in another order)
+            np.testing.assert_allclose(a, b, rtol=1e-13, atol=0)
+        np.testing.assert_array_equal(grad[:, :-s], want_grad)
+        assert not to64(grad[:, -s:]).any()
+        x2 = x.copy()
+        got2, g2 = fx.cross_entropy_with_grad(x2, labels, shift=s, grad_output=go, inplace=True,
+                                              **opts)
+        assert g2 is x2 and bits(x2) == bits(grad)
+        forward = fx.cross_entropy(x, labels, shift=s, **opts)
+        for a, b in zip(forward, want):
+            assert_loss_close(a, b, dtype)
+    lse = fx.cross_entropy(x, labels, reduction=reduction, backend=backend, return_lse=True)[1]
+    want_lse = fx.logsumexp(x, backend=backend)
+    np.testing.assert_array_equal(lse, np.where(labels >= 0, want_lse, 0.0).astype(lse.dtype))

@@ -110,6 +110,8 @@ def test_bench_bfloat16(capsys):
     (["bench", "--bandwidth-mib", "-5"], "expected a positive integer, got -5"),
     (["bench", "--rows"], "expected at least one argument"),
     (["bench", "--frobnicate"], "unrecognized arguments: --frobnicate"),
+    (["bench", "--json", "/no/such/dir/results.json"], "no such directory to write it in"),
+    (["eval", "a.npy", "b.npy", "--batch-mb", "0"], "expected a positive number, got 0"),
     (["info", "--yaml"], "unrecognized arguments: --yaml"),
     ([], "required: COMMAND"),
     (["serve"], "invalid choice: 'serve'"),

@@ -135,6 +135,40 @@ def test_errors_say_what_is_wrong(saved, capsys):
                                                "--topk", "1,x")
 
 
+def test_user_errors_are_one_line_with_status_2(saved, capsys):
+    """Bug: a directory given as the logits file printed a traceback (IsADirectoryError, exit
+    status 1); --batch-mb 0 and negative values were accepted silently."""
+    d, x, t = saved
+    assert "is a directory" in _error(capsys, d, d / "targets.npy")
+    assert "is a directory" in _error(capsys, d / "logits.npy", d)
+    for mb in ("0", "-1", "nan", "inf", "x"):
+        assert "--batch-mb: expected a positive number" in _error(
+            capsys, d / "logits.npy", d / "targets.npy", "--batch-mb", mb)
+    err = _error(capsys, d / "logits.npy", d / "targets.npy", "--per-token", d)
+    assert err.strip().splitlines()[-1].startswith("fastxent eval: error:")
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("dtype", ["<f2", ">f2", ">f4", ">f8"])
+def test_files_in_either_byte_order(tmp_path, rng, capsys, dtype):
+    """Bug: a big-endian float16 file gave a NaN mean NLL, with exit status 0. Files in the
+    other byte order are read as what they hold."""
+    x = random_logits(rng, (50, 300), F32).astype(np.dtype(dtype).newbyteorder("="))
+    t = random_targets(rng, (50,), 300, ignore_index=-100)
+    np.save(tmp_path / "x.npy", x.astype(dtype))
+    np.save(tmp_path / "t.npy", t.astype(t.dtype.newbyteorder(">")))
+    got = run_json(capsys, tmp_path / "x.npy", tmp_path / "t.npy")
+    expected = want(x, t)
+    for key in ("tokens", "nll", "accuracy", "entropy", "mrr"):
+        assert got[key] == pytest.approx(expected[key], rel=1e-12)
+    dname = np.dtype(dtype).name
+    same = run_json(capsys, tmp_path / "x.npy", tmp_path / "t.npy", "--dtype", dname)
+    assert same["nll"] == got["nll"]
+    if dtype == ">f2":  # the bytes of a big-endian float16 are no little-endian bfloat16
+        assert "the other byte order" in _error(capsys, tmp_path / "x.npy", tmp_path / "t.npy",
+                                                "--dtype", "bfloat16")
+
+
 def test_truncated_compressed_member(saved, capsys):
     d, x, t = saved
     data = (d / "packed.npz").read_bytes()

@@ -113,6 +113,39 @@ def test_empty_and_bad_arguments():
         fx.Evaluator(topk=(0, 5))
 
 
+@pytest.mark.parametrize("ids", [np.array([0.5, 1.0]), np.arange(3)], ids=["float", "shape"])
+def test_a_failed_update_leaves_nothing_counted(rng, ids):
+    """Bug: ev.update(x, t, sequence_ids=np.array([0.5, 1.])) raised TypeError, yet the batch
+    was counted (result().tokens == 2). Everything is checked before anything is added."""
+    ev = fx.Evaluator(topk=(1, 2))
+    x = rng.standard_normal((2, 5)).astype(np.float32)
+    ev.update(x, np.array([1, 2]), sequence_ids=np.array([0, 1]))
+    before = ev.result()
+    with pytest.raises((TypeError, ValueError), match="sequence_ids"):
+        ev.update(x, np.array([3, 4]), sequence_ids=ids)
+    with pytest.raises(ValueError, match="stats.nll has shape"):
+        ev.add(fx.token_stats(x, np.array([3, 4])), np.array([3, 4, 0]))
+    after = ev.result()
+    assert (after.tokens, after.nll, after.topk, after.mrr) == (
+        before.tokens, before.nll, before.topk, before.mrr)
+    np.testing.assert_array_equal(after.sequences.ids, before.sequences.ids)
+
+
+def test_topk_as_one_integer_and_bad_values():
+    """Bug: Evaluator(topk=5) raised "'int' object is not iterable"; one k is taken as such,
+    and everything else gets a message that names topk."""
+    assert fx.Evaluator(topk=5).topk == (5,)
+    assert fx.Evaluator(topk=np.int64(3)).topk == (3,)
+    for bad, exc in ((1.5, TypeError), ((2.0,), ValueError), ((True,), ValueError),
+                     ((), ValueError), ("5", ValueError)):
+        with pytest.raises(exc, match="topk must hold positive integers"):
+            fx.Evaluator(topk=bad)
+    with pytest.raises(ValueError, match="backend="):
+        fx.Evaluator(backend="gpu")
+    with pytest.raises(TypeError, match="ignore_index must be an integer"):
+        fx.Evaluator(ignore_index=None)
+
+
 def test_exact_sum_is_order_independent():
     rng = np.random.default_rng(1)
     values = (rng.standard_normal(2000) * 10.0 ** rng.integers(-20, 20, 2000)).tolist()

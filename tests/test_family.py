@@ -225,6 +225,34 @@ def test_cross_entropy_from_probs_bad_input():
         fx.cross_entropy_from_probs(p, np.array([0, 1]), sample_weight=np.ones(3))
 
 
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_empty_inputs_reduce_as_pytorch(reduction, backend):
+    """Bug: binary_cross_entropy_with_logits of empty arrays, and cross_entropy_from_probs with
+    no classes, raised NumPy's reshape error. A mean over nothing is NaN (as PyTorch), a sum 0,
+    and a row over no classes sums no terms."""
+    empty = np.zeros(0, F32)
+    want = F.binary_cross_entropy_with_logits(torch.zeros(0), torch.zeros(0),
+                                              reduction=reduction)
+    for fn, args in ((fx.binary_cross_entropy_with_logits, (empty, empty)),
+                     (fx.binary_cross_entropy, (empty, empty)),
+                     (fx.binary_cross_entropy_with_logits, (np.zeros((3, 0)), np.zeros((3, 0))))):
+        got = fn(*args, reduction=reduction, backend=backend)
+        np.testing.assert_array_equal(np.asarray(got).reshape(-1), want.numpy().reshape(-1))
+    loss, grad = fx.binary_cross_entropy_with_logits_with_grad(empty, empty, reduction=reduction,
+                                                               backend=backend)
+    assert grad.shape == (0,) and grad.dtype == F32
+    rows = fx.cross_entropy_from_probs(np.zeros((2, 0)), np.zeros((2, 0)), reduction=reduction,
+                                       backend=backend)
+    np.testing.assert_array_equal(rows, np.zeros(2) if reduction == "none" else 0.0)
+    none = fx.cross_entropy_from_probs(np.zeros((0, 4)), np.zeros(0, int), reduction=reduction,
+                                       backend=backend)
+    if reduction == "mean":
+        assert math.isnan(none)
+    else:
+        np.testing.assert_array_equal(none, np.zeros(0) if reduction == "none" else 0.0)
+
+
 # --- entropy and KL ------------------------------------------------------------------------------
 
 

@@ -12,6 +12,7 @@ from fastxent import _linear
 
 torch = pytest.importorskip("torch")
 fxt = pytest.importorskip("fastxent.torch")
+F = torch.nn.functional
 
 needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU for torch")
 
@@ -101,6 +102,171 @@ def test_numpy_matches_autograd(rng, name, reduction, dtype, rtol):
         for g, r in zip(grads, ref_grads):
             assert g.dtype == dtype
             close(g, r, rtol)
+
+
+def test_negative_class_weights_with_z_loss():
+    """Bug: negative class weights made the mean's rescaled z-loss coefficient negative, and the
+    chunks passed it back through the user-facing check ('z_loss=-2.5e-05 must be >= 0.0'), then
+    dropped it. The chunks call the kernels through an internal entry with checked values."""
+    h = np.array([[1, 0], [0, 1]], np.float32)
+    w = np.array([[2, 0], [1, 1], [0.1, 0]], np.float32)
+    t = np.array([0, 1])
+    cw = np.array([-1, 0.5, 1])
+    want = fx.cross_entropy(h @ w.T, t, weight=cw, z_loss=1e-4)
+    assert round(want, 6) == 0.283028
+    for chunk in (None, 1, (2, 2)):
+        got = fx.linear_cross_entropy(h, w, t, ce_weight=cw, z_loss=1e-4, chunk_size=chunk)
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+        _, grads = fx.linear_cross_entropy_with_grad(h, w, t, ce_weight=cw, z_loss=1e-4,
+                                                     chunk_size=chunk)
+        ref, ref_grads = reference(h.astype(np.float64), w.astype(np.float64), None, t, cw,
+                                   ce_weight=True, z_loss=1e-4)
+        for g, r in zip(grads, ref_grads):
+            if r is not None:
+                close(g, r, RTOL32)
+    got = fxt.linear_cross_entropy(torch.tensor(h), torch.tensor(w), torch.tensor(t),
+                                   ce_weight=torch.tensor(cw), z_loss=1e-4)
+    np.testing.assert_allclose(float(got), want, rtol=1e-6)
+
+
+def _shift_reference(hidden, weight, b, labels, s, **options):
+    """The unfused loss of position i against label i + s, on copies."""
+    x = hidden[:, :-s] @ weight.T + b
+    return fx.cross_entropy_with_grad(x, labels[:, s:], **options)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("chunk", [None, 3, (3, 5)], ids=["default", "rows", "blocks"])
+def test_shift_scores_each_position_against_the_next_targets(rng, reduction, chunk):
+    """shift= (Cut Cross-Entropy's): hidden (B, T, H) against labels (B, T) shifted by one (or
+    more) positions, without copying hidden; the last positions get a zero gradient."""
+    hidden, weight, b, _, cw = problem(rng, lead=(3, 7), h=5, v=13)
+    labels = rng.integers(0, 13, (3, 7))
+    labels[1, 4] = -100
+    labels[:, 0] = 99  # never a target under shift: not read, not checked
+    for s in (1, 2):
+        opts = dict(reduction=reduction, z_loss=1e-3, label_smoothing=0.1)
+        (want, want_z, want_lse), g = _shift_reference(hidden, weight, b, labels, s,
+                                                       return_z_loss=True, return_lse=True,
+                                                       **opts)
+        got, (gh, gw, gb) = fx.linear_cross_entropy_with_grad(
+            hidden, weight, labels, b, shift=s, chunk_size=chunk, return_z_loss=True,
+            return_lse=True, **opts)
+        for a, r in zip(got, (want, want_z, want_lse)):
+            close(a, r, 1e-12)
+        assert np.shape(got[0]) == np.shape(want)
+        close(gh[:, :-s], g @ weight, 1e-12)
+        assert not gh[:, -s:].any()
+        close(gw, np.einsum("btv,bth->vh", g, hidden[:, :-s]), 1e-12)
+        x = hidden @ weight.T + b
+        loss = fx.cross_entropy(x, labels, shift=s, **opts)
+        close(loss, want, 1e-12)
+
+
+def test_shift_errors(rng):
+    hidden, weight, b, _, _ = problem(rng, lead=(3, 7), h=5, v=13)
+    labels = rng.integers(0, 13, (3, 7))
+    with pytest.raises(ValueError, match=r"shift=7 must be in \[0, 7\)"):
+        fx.linear_cross_entropy(hidden, weight, labels, shift=7)
+    with pytest.raises(ValueError, match="needs a time axis"):
+        fx.linear_cross_entropy(hidden[0, 0], weight, labels[0, 0], shift=1)
+    with pytest.raises(TypeError, match="shift must be an integer"):
+        fx.linear_cross_entropy(hidden, weight, labels, shift=1.5)
+    bad = labels.copy()
+    bad[2, 5] = 13
+    with pytest.raises(IndexError, match=r"targets\[2, 5\] = 13"):
+        fx.linear_cross_entropy(hidden, weight, bad, shift=1)
+    with pytest.raises(ValueError, match="shift= takes class-index targets"):
+        fx.linear_cross_entropy(hidden, weight, np.full((3, 7, 13), 1 / 13), shift=1)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_probability_targets(rng, reduction):
+    """As torch.nn.functional.linear_cross_entropy takes them: soft targets of hidden's shape
+    with V last; the mean is over rows; blocks of classes are refused for them."""
+    hidden, weight, b, _, cw = problem(rng, lead=(4, 5), h=6, v=11)
+    q = rng.dirichlet(np.ones(11), (4, 5))
+    opts = dict(reduction=reduction, ce_weight=cw, label_smoothing=0.1, z_loss=1e-3)
+    want, g = fx.cross_entropy_with_grad(hidden @ weight.T + b, q, backend="numpy",
+                                         **{("weight" if k == "ce_weight" else k): a
+                                            for k, a in opts.items()})
+    for chunk in (None, 3):
+        got, (gh, gw, gb) = fx.linear_cross_entropy_with_grad(hidden, weight, q, b,
+                                                              chunk_size=chunk, **opts)
+        close(got, want, 1e-12)
+        close(gh, g @ weight, 1e-12)
+        close(gw, g.reshape(-1, 11).T @ hidden.reshape(-1, 6), 1e-12)
+        close(gb, g.reshape(-1, 11).sum(0), 1e-12)
+    with pytest.raises(ValueError, match="blocks of classes take class-index targets"):
+        fx.linear_cross_entropy(hidden, weight, q, chunk_size=(4, 5))
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("chunk", [None, 3, (3, 4)], ids=["default", "rows", "blocks"])
+@pytest.mark.parametrize("shift", [0, 1])
+def test_torch_parts_shift_and_gradients_match_autograd(rng, reduction, chunk, shift):
+    """fxt.linear_cross_entropy's loss, z-loss term and lse (return_z_loss, return_lse), with
+    shift, and the gradients of any combination of them (the parts' own through a second walk),
+    against float64 autograd through the logits."""
+    b_, t_, h_, v_ = 2, 5, 4, 11
+    hidden = torch.tensor(rng.standard_normal((b_, t_, h_)), requires_grad=True)
+    weight = torch.tensor(rng.standard_normal((v_, h_)), requires_grad=True)
+    bias = torch.tensor(rng.standard_normal(v_), requires_grad=True)
+    labels = torch.tensor(rng.integers(0, v_, (b_, t_)))
+    labels[1, 2] = -100
+    cw = torch.tensor(rng.uniform(0.5, 2.0, v_))
+    opts = dict(reduction=reduction, z_loss=1e-2, softcap=3.0, ce_weight=cw,
+                label_smoothing=0.1)
+
+    def unfused():
+        x = hidden @ weight.T + bias
+        lab = labels
+        if shift:
+            x, lab = x[:, :-shift], labels[:, shift:]
+        y = (3.0 * torch.tanh(x / 3.0)).reshape(-1, v_)
+        flat = lab.reshape(-1)
+        ce = F.cross_entropy(y, flat, weight=cw, reduction=reduction, label_smoothing=0.1)
+        lse = torch.where(flat != -100, torch.logsumexp(y, -1), 0.0)
+        zr = 1e-2 * lse**2
+        z = {"mean": zr.sum() / (flat != -100).sum(), "sum": zr.sum(), "none": zr}[reduction]
+        shape = lab.shape
+        if reduction == "none":
+            return (ce + z).reshape(shape), z.reshape(shape), lse.reshape(shape)
+        return ce + z, z, lse.reshape(shape)
+
+    got = fxt.linear_cross_entropy(hidden, weight, labels, bias, shift=shift, chunk_size=chunk,
+                                   return_z_loss=True, return_lse=True, **opts)
+    want = unfused()
+    for a, r in zip(got, want):
+        torch.testing.assert_close(a, r)
+    ups = [torch.tensor(rng.standard_normal(tuple(r.shape))) for r in want]
+    for mask in ((1, 0, 0), (0, 1, 0), (0, 0, 1), (1, 1, 1)):
+        outs = [fxt.linear_cross_entropy(hidden, weight, labels, bias, shift=shift,
+                                         chunk_size=chunk, return_z_loss=True, return_lse=True,
+                                         **opts), unfused()]
+        grads = [torch.autograd.grad(sum(m * (u * o).sum() for m, u, o in zip(mask, ups, out)),
+                                     (hidden, weight, bias)) for out in outs]
+        for a, r in zip(*grads):
+            torch.testing.assert_close(a, r)
+
+
+def test_torch_probability_targets_get_their_gradient(rng):
+    """As F.linear_cross_entropy: probability targets that require grad get their gradient
+    (a walk of its own), class weights and smoothing included."""
+    hidden = torch.tensor(rng.standard_normal((6, 4)), requires_grad=True)
+    weight = torch.tensor(rng.standard_normal((9, 4)), requires_grad=True)
+    q = torch.tensor(rng.dirichlet(np.ones(9), 6), requires_grad=True)
+    cw = torch.tensor(rng.uniform(0.5, 2.0, 9))
+    for reduction in ("mean", "sum", "none"):
+        got = fxt.linear_cross_entropy(hidden, weight, q, ce_weight=cw, reduction=reduction,
+                                       label_smoothing=0.1, chunk_size=4)
+        want = F.cross_entropy(hidden @ weight.T, q, weight=cw, reduction=reduction,
+                               label_smoothing=0.1)
+        torch.testing.assert_close(got, want)
+        up = torch.tensor(rng.standard_normal(tuple(want.shape)))
+        for a, r in zip(torch.autograd.grad((up * got).sum(), (hidden, weight, q)),
+                        torch.autograd.grad((up * want).sum(), (hidden, weight, q))):
+            torch.testing.assert_close(a, r)
 
 
 @pytest.mark.parametrize("name", ["plain", "everything"])

@@ -227,6 +227,149 @@ def test_double_backward_of_the_in_place_mode_raises():
         torch.autograd.grad(loss, x, create_graph=True)
 
 
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("smoothing", [0.0, 0.2])
+def test_probability_targets_get_their_gradient(gen, reduction, smoothing):
+    """Bug: probability targets that required grad got none (target.grad stayed None), where
+    PyTorch computes it. Class weights that require grad get theirs with probabilities too."""
+    x = torch.randn(4, 7, generator=gen, dtype=torch.float64, requires_grad=True)
+    q = torch.softmax(torch.randn(4, 7, generator=gen, dtype=torch.float64), -1)
+    w = torch.rand(7, generator=gen, dtype=torch.float64) + 0.5
+    grads = []
+    for fn in (fxt.cross_entropy, F.cross_entropy):
+        qq, ww = q.clone().requires_grad_(), w.clone().requires_grad_()
+        loss = fn(x, qq, weight=ww, reduction=reduction, label_smoothing=smoothing)
+        grads.append(torch.autograd.grad(loss.sum(), (x, qq, ww)))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b)
+    assert torch.autograd.gradcheck(
+        lambda z, p: fxt.cross_entropy(z, p, reduction=reduction, label_smoothing=smoothing),
+        (x, q.clone().requires_grad_()))
+
+
+def test_class_weight_requiring_grad_with_class_indices_raises_as_pytorch(gen):
+    """Bug: a class weight that required grad was accepted silently (and got no gradient);
+    PyTorch refuses it with class-index targets."""
+    x = torch.randn(4, 7, generator=gen, requires_grad=True)
+    t = torch.tensor([0, 3, 6, 1])
+    w = torch.rand(7, generator=gen, requires_grad=True)
+    with pytest.raises(RuntimeError, match="not differentiable with respect to"):
+        F.cross_entropy(x, t, weight=w)
+    with pytest.raises(RuntimeError, match="not differentiable with respect to weight"):
+        fxt.cross_entropy(x, t, weight=w)
+    with torch.no_grad():  # no gradient asked for: accepted, as PyTorch
+        torch.testing.assert_close(fxt.cross_entropy(x, t, weight=w), F.cross_entropy(x, t,
+                                                                                        weight=w))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_class_weights_in_the_logits_half_precision(gen, dtype):
+    """Bug: fxt.cross_entropy(x_bf16, t, weight=w_bf16) raised 'weight has dtype bfloat16';
+    PyTorch takes it."""
+    x = (torch.randn(5, 9, generator=gen) * 3).to(dtype)
+    t = torch.tensor([0, 3, 8, 1, -100])
+    w = (torch.rand(9, generator=gen) + 0.5).to(dtype)
+    got = fxt.cross_entropy(x, t, weight=w, label_smoothing=0.1)
+    want = F.cross_entropy(x.double(), t, weight=w.double(), label_smoothing=0.1)
+    assert got.dtype == dtype
+    torch.testing.assert_close(got.double(), want, rtol=ROUND[dtype], atol=0.0)
+
+
+LOSSES = {
+    "cross_entropy": lambda x, r: fxt.cross_entropy(x, torch.tensor([0, 4, -100, 2]),
+                                                    reduction=r, label_smoothing=0.1),
+    "cross_entropy z-loss parts": lambda x, r: sum(
+        v.sum() for v in fxt.cross_entropy(x, torch.tensor([0, 4, -100, 2]), reduction=r,
+                                           z_loss=1e-2, return_z_loss=True, return_lse=True)),
+    "in place": lambda x, r: fxt.cross_entropy(x * 1.0, torch.tensor([0, 4, -100, 2]),
+                                               reduction=r, inplace_backward=True),
+    "binary_cross_entropy_with_logits": lambda x, r: fxt.binary_cross_entropy_with_logits(
+        x, torch.full_like(x, 0.25), reduction=r),
+    "binary_cross_entropy": lambda x, r: fxt.binary_cross_entropy(
+        torch.sigmoid(x), torch.full_like(x, 0.25), reduction=r),
+    "entropy": lambda x, r: fxt.entropy(x),
+    "kl_divergence": lambda x, r: fxt.kl_divergence(x, x.flip(-1), reduction=r),
+    "cross_entropy_from_probs": lambda x, r: fxt.cross_entropy_from_probs(
+        torch.softmax(x, -1), torch.tensor([0, 4, -100, 2]), reduction=r),
+    "linear_cross_entropy": lambda x, r: fxt.linear_cross_entropy(
+        x, torch.eye(6, dtype=x.dtype), torch.tensor([0, 4, -100, 2]), reduction=r,
+        chunk_size=3),
+    "linear_cross_entropy parts": lambda x, r: sum(v.sum() for v in fxt.linear_cross_entropy(
+        x, torch.eye(6, dtype=x.dtype), torch.tensor([0, 4, -100, 2]), reduction=r,
+        z_loss=1e-2, return_z_loss=True, return_lse=True)),
+}
+
+
+@pytest.mark.parametrize("name", list(LOSSES))
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_gradcheck_with_undefined_upstream_gradients(gen, name, reduction):
+    """Bug: torch.autograd.gradcheck(lambda z: fxt.cross_entropy(z, t), (x,)) raised
+    AttributeError in the backward pass, which gradcheck calls with an undefined upstream
+    gradient: every loss takes it as zeros."""
+    x = torch.randn(4, 6, generator=gen, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda z: LOSSES[name](z, reduction), (x,))
+
+
+@pytest.mark.parametrize("name", [n for n in LOSSES if n != "in place"])
+def test_retained_graph_with_any_upstream_gradient(gen, name):
+    """Bug: l = fxt.cross_entropy(x, t, reduction="none"), then autograd.grad(l, x, e0,
+    retain_graph=True), then autograd.grad(l, x, e1) raised 'modified by an inplace operation':
+    the kept gradient was scaled in place. It is scaled in place only when the graph is freed."""
+    x = torch.randn(4, 6, generator=gen, dtype=torch.float64, requires_grad=True)
+    loss = LOSSES[name](x, "none")
+
+    def upstream(k):  # a different one each time: one row's, or a scale of a scalar loss
+        if loss.dim() == 0:
+            return torch.full_like(loss, 1.0 + k)
+        e = torch.zeros_like(loss)
+        e.reshape(-1)[k] = 1.0 + k
+        return e
+
+    want = [torch.autograd.grad(LOSSES[name](x, "none"), x, upstream(k))[0] for k in range(3)]
+    for k in range(3):
+        got = torch.autograd.grad(loss, x, upstream(k), retain_graph=k < 2)[0]
+        torch.testing.assert_close(got, want[k])
+
+
+def test_loss_parts_match_their_definitions(gen):
+    """return_z_loss (Liger-Kernel's) and return_lse (Cut Cross-Entropy's): the z-loss term
+    reduced as the loss, and each row's lse (0 for ignored rows), both differentiable."""
+    x = torch.randn(4, 6, generator=gen, dtype=torch.float64, requires_grad=True)
+    t = torch.tensor([0, 4, -100, 2])
+    for reduction in ("mean", "sum", "none"):
+        loss, z, lse = fxt.cross_entropy(x, t, reduction=reduction, z_loss=1e-2, softcap=4.0,
+                                         return_z_loss=True, return_lse=True)
+        y = 4.0 * torch.tanh(x / 4.0)
+        want_lse = torch.where(t != -100, torch.logsumexp(y, -1), 0.0)
+        zr = 1e-2 * want_lse**2
+        want_z = {"mean": zr.sum() / 3, "sum": zr.sum(), "none": zr}[reduction]
+        torch.testing.assert_close(lse, want_lse)
+        torch.testing.assert_close(z, want_z)
+        torch.testing.assert_close(loss, F.cross_entropy(y, t, reduction=reduction) + want_z)
+        (g,) = torch.autograd.grad((lse**2).sum() + 3.0 * z.sum(), x)
+        (h,) = torch.autograd.grad((want_lse**2).sum() + 3.0 * want_z.sum(), x)
+        torch.testing.assert_close(g, h)
+    assert isinstance(fxt.cross_entropy(x, t, return_lse=True), tuple)
+    loss, lse = fxt.cross_entropy(x * 1.0, t, return_lse=True, inplace_backward=True)
+    with pytest.raises(RuntimeError, match="returns its lse for reading only"):
+        lse.sum().backward()
+
+
+def test_float32_losses_from_half_precision_logits(gen):
+    """loss_dtype=torch.float32: per-row losses not rounded to bfloat16 (2**-8 relative)."""
+    x = (torch.randn(64, 300, generator=gen) * 3).to(torch.bfloat16)
+    t = torch.randint(0, 300, (64,), generator=gen)
+    want = F.cross_entropy(x.double(), t, reduction="none")
+    got = fxt.cross_entropy(x, t, reduction="none", loss_dtype=torch.float32)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), want, rtol=2e-6, atol=0.0)
+    rounded = fxt.cross_entropy(x, t, reduction="none")
+    assert rounded.dtype == torch.bfloat16
+    assert float((rounded.double() - want).abs().max()) > 1e-3
+    with pytest.raises(ValueError, match="loss_dtype"):
+        fxt.cross_entropy(x, t, loss_dtype=torch.float16)
+
+
 def test_training_loop_follows_functional_cross_entropy():
     losses = {}
     for name, fn in (("fastxent", fxt.cross_entropy), ("torch", F.cross_entropy)):
