@@ -6,6 +6,7 @@ batch (:mod:`fastxent._files`), scored by :func:`fastxent.token_stats` and accum
 """
 
 import json
+import os
 import sys
 import time
 import zipfile
@@ -112,8 +113,14 @@ def evaluate(args):
     rows = max(1, int(args.batch_mb * 2**20 // max(v * logits.dtype.itemsize, 1)))
     progress = _Progress(logits.nbytes, args.progress == "always" or (
         args.progress == "auto" and sys.stderr.isatty()))
-    out = open(args.per_token, "wb") if args.per_token else None
+    # written beside its destination and moved there once complete: a run that fails leaves
+    # no partial file under the name asked for (nor replaces an earlier one)
+    if args.per_token and os.path.isdir(args.per_token):
+        raise FileFormatError(f"--per-token {args.per_token} is a directory: name a file")
+    partial = f"{args.per_token}.partial"
+    out = open(partial, "wb") if args.per_token else None
     start = time.perf_counter()
+    done = False
     try:
         if out is not None:
             np.lib.format.write_array_header_1_0(out, dict(
@@ -129,9 +136,14 @@ def evaluate(args):
                     rec[name] = getattr(stats, name)
                 out.write(rec.tobytes())
             progress.show((lo + len(t)) * v * logits.dtype.itemsize)
+        done = True
     finally:
         if out is not None:
             out.close()
+            if done:
+                os.replace(partial, args.per_token)
+            else:
+                os.unlink(partial)
     seconds = time.perf_counter() - start
     progress.show(logits.nbytes, final=True)
     result = ev.result()

@@ -130,17 +130,24 @@ def valid(t):
     return t >= 0 if t.ndim == 1 else np.ones(t.shape[0], bool)
 
 
+def denominators(t, w):
+    """What a mean divides by: (the cross-entropy's, the z-loss term's). The summed class
+    weights of the counted rows (their count without weights, or for probability targets, as
+    PyTorch), and the count of counted rows."""
+    counted = valid(t)
+    n_valid = int(np.count_nonzero(counted))
+    denom = float(n_valid) if w is None or t.ndim == 2 else float(w[t[counted]].sum())
+    return denom, n_valid
+
+
 def _scales(t, w, reduction, z_loss, grad_output):
     """(scale, z_loss) for the chunks' ``reduction="none"`` calls, and how to finish the loss.
 
     With ``s`` the sum of the per-row results, the loss is ``s * finish``; the upstream
     gradient of row ``i`` is ``scale[i]`` (an array for reduction="none", else a number)."""
-    counted = valid(t)
-    n_valid = int(np.count_nonzero(counted))
     if reduction != "mean":
         return grad_output, z_loss, 1.0
-    # as PyTorch: probability targets average over rows, whatever the class weights
-    denom = float(n_valid) if w is None or t.ndim == 2 else float(w[t[counted]].sum())
+    denom, n_valid = denominators(t, w)
     with np.errstate(divide="ignore", invalid="ignore"):
         z = z_loss * denom / n_valid if z_loss > 0 and n_valid else z_loss
         return np.float64(grad_output) / denom, z, np.float64(1.0) / denom

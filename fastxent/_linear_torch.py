@@ -325,8 +325,7 @@ def _upstream(prep, reduction, z_loss, grad_loss, grad_z, grad_lse):
     n = h.shape[0]
     dev = h.device
     counted = torch.as_tensor(_linear.valid(t), device=dev)
-    n_valid = int(counted.sum())
-    denom = float(n_valid) if cw is None or t.ndim == 2 else float(cw[t[t >= 0]].sum())
+    denom, n_valid = _linear.denominators(t, cw)
 
     def rows(g, over):
         if g is None:
@@ -362,26 +361,15 @@ class _ExtraOps(_TorchOps):
         loss_up, lse_up, z_up = scale[:, 0], scale[:, 1], scale[:, 2]
         extra = None
         if bool((lse_up != 0).any()) or bool((z_up != 0).any()):
-            y, slope = _capped(x, self.softcap)
-            row_lse = torch.logsumexp(y, dim=-1)
-            factor = (lse_up + z_up * row_lse.to(torch.float64)).to(y.dtype)
-            extra = torch.exp(y - row_lse[:, None]) * factor[:, None]
-            if slope is not None:
-                extra = extra * slope
+            y, _ = _torch_composite.capped(x, self.softcap)
+            row_lse = torch.logsumexp(y, dim=-1).to(torch.float64)
+            extra = _torch_composite.lse_gradient(x, row_lse, lse_up + z_up * row_lse,
+                                                  self.softcap)
         up = loss_up if x.is_cuda else loss_up.cpu().numpy()
         result = super().fused(x, t, up, options, lse)
         if extra is not None:
             x += extra.to(x.dtype)
         return result
-
-
-def _capped(x, softcap):
-    """(y, dy/dx or None) of logits ``x`` in their compute type: ``softcap·tanh(x/softcap)``."""
-    y = x.to(torch.float64 if x.dtype == torch.float64 else torch.float32)
-    if softcap is None:
-        return y, None
-    y = softcap * torch.tanh(y / softcap)
-    return y, 1.0 - (y / softcap) ** 2
 
 
 def _target_gradient(prep, loss_up, label_smoothing, softcap):
@@ -395,7 +383,7 @@ def _target_gradient(prep, loss_up, label_smoothing, softcap):
     rows = prep.chunk[0]
     for s in range(0, h.shape[0], rows):
         x = torch.nn.functional.linear(h[s:s + rows], w, b)
-        y, _ = _capped(x, softcap)
+        y, _ = _torch_composite.capped(x, softcap)
         g = (torch.logsumexp(y, dim=-1, keepdim=True) - y) * (1.0 - label_smoothing)
         g = g * loss_up[s:s + rows, None].to(g.dtype)
         out[s:s + rows] = g if cwt is None else g * cwt.to(g.dtype)
@@ -577,7 +565,8 @@ class LinearCrossEntropyLoss(torch.nn.Module):
     """
 
     def __init__(self, ce_weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0,
-                 *, z_loss=0.0, softcap=None, chunk_size=None, accum_dtype=None):
+                 *, z_loss=0.0, softcap=None, shift=0, chunk_size=None, accum_dtype=None,
+                 return_z_loss=False, return_lse=False, loss_dtype=None):
         super().__init__()
         self.register_buffer("ce_weight", ce_weight)
         self.ignore_index = ignore_index
@@ -585,18 +574,25 @@ class LinearCrossEntropyLoss(torch.nn.Module):
         self.label_smoothing = label_smoothing
         self.z_loss = z_loss
         self.softcap = softcap
+        self.shift = shift
         self.chunk_size = chunk_size
         self.accum_dtype = accum_dtype
+        self.return_z_loss = return_z_loss
+        self.return_lse = return_lse
+        self.loss_dtype = loss_dtype
 
     def forward(self, hidden, weight, target, bias=None):
         return linear_cross_entropy(hidden, weight, target, bias, reduction=self.reduction,
                                     ignore_index=self.ignore_index, ce_weight=self.ce_weight,
                                     label_smoothing=self.label_smoothing, z_loss=self.z_loss,
-                                    softcap=self.softcap, chunk_size=self.chunk_size,
-                                    accum_dtype=self.accum_dtype)
+                                    softcap=self.softcap, shift=self.shift,
+                                    chunk_size=self.chunk_size, accum_dtype=self.accum_dtype,
+                                    return_z_loss=self.return_z_loss,
+                                    return_lse=self.return_lse, loss_dtype=self.loss_dtype)
 
     def extra_repr(self):
         return (f"ignore_index={self.ignore_index}, reduction={self.reduction!r}, "
                 f"label_smoothing={self.label_smoothing}, z_loss={self.z_loss}, "
-                f"softcap={self.softcap}, chunk_size={self.chunk_size}, "
-                f"accum_dtype={self.accum_dtype}")
+                f"softcap={self.softcap}, shift={self.shift}, chunk_size={self.chunk_size}, "
+                f"accum_dtype={self.accum_dtype}, return_z_loss={self.return_z_loss}, "
+                f"return_lse={self.return_lse}, loss_dtype={self.loss_dtype}")

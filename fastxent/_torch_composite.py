@@ -25,12 +25,10 @@ def cross_entropy(x, t, weight, reduction, ignore_index, label_smoothing, z_loss
     """``(loss, z-loss term, lse)`` of class-last logits ``x`` (..., V) against class indices
     (...) or probabilities (..., V), as ``fastxent.torch.cross_entropy`` defines them, in the
     compute type (float64 for float64 logits, else float32); ``lse`` is 0 for ignored rows."""
-    compute = torch.float64 if x.dtype == torch.float64 else torch.float32
     v = x.shape[-1]
     lead = x.shape[:-1]
-    y = x.reshape(-1, v).to(compute)
-    if softcap is not None:
-        y = softcap * torch.tanh(y / softcap)
+    y, _ = capped(x.reshape(-1, v), softcap)
+    compute = y.dtype
     probs = t.is_floating_point()
     tt = t.reshape(-1, v).to(compute) if probs else t.reshape(-1)
     w = None if weight is None else weight.to(compute)
@@ -65,3 +63,23 @@ def backward(x, t, weight, options, grads, needs, create_graph):
         got = iter(torch.autograd.grad([o for o, _ in pairs], inputs, [g for _, g in pairs],
                                        create_graph=create_graph, allow_unused=True))
     return tuple(next(got) if need else None for need in needs)
+
+
+def capped(x, softcap):
+    """``(y, dy/dx or None)`` of logits ``x`` in their compute type (float64 for float64, else
+    float32): ``softcap·tanh(x/softcap)`` and its slope ``1 - (y/softcap)²``, or ``x`` itself."""
+    y = x.to(torch.float64 if x.dtype == torch.float64 else torch.float32)
+    if softcap is None:
+        return y, None
+    y = softcap * torch.tanh(y / softcap)
+    return y, 1.0 - (y / softcap) ** 2
+
+
+def lse_gradient(x, lse, factor, softcap):
+    """``factor·∂lse/∂x = factor·softmax(y)·dy/dx`` per row of logits ``x`` (N, V), given each
+    row's ``lse`` of the capped logits ``y`` and its ``factor`` (N,): what a gradient of the
+    log-sum-exp (or of the z-loss term, ``2·z·lse`` times its own) adds to the logits'. In the
+    compute type; temporaries of ``x``'s size."""
+    y, slope = capped(x, softcap)
+    term = torch.exp(y - lse.to(y.dtype)[:, None]) * factor.to(y.dtype)[:, None]
+    return term if slope is None else term * slope

@@ -141,30 +141,19 @@ def _plus_lse_gradient(gx, logits, targets, lse, grad_z, grad_lse, options):
     the lse outputs: each counted row's lse moves with ``softmax(y)·dy/dx``, by its upstream
     gradient plus the z-loss term's ``2·z_loss·lse`` (over the counted rows for a mean). A new
     tensor: ``gx`` may be the saved gradient of a graph kept for another backward pass."""
-    reduction, z_loss, cap = options["reduction"], options["z_loss"], options["softcap"]
-    compute = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    reduction, z_loss = options["reduction"], options["z_loss"]
     v = logits.shape[-1]
-    probs = targets.is_floating_point()
-    valid = (torch.ones(lse.numel(), dtype=torch.bool, device=lse.device) if probs
+    lse = lse.reshape(-1).to(torch.float64)
+    valid = (torch.ones_like(lse, dtype=torch.bool) if targets.is_floating_point()
              else targets.reshape(-1) != options["ignore_index"])
-    row = torch.zeros(lse.numel(), dtype=compute, device=lse.device)
-    lse64 = lse.reshape(-1).to(compute)
+    factor = torch.zeros_like(lse)
     if grad_lse is not None:
-        row = row + grad_lse.reshape(-1).to(compute)
+        factor = factor + grad_lse.reshape(-1)
     if grad_z is not None and z_loss:
-        up = grad_z.reshape(-1).to(compute)
-        if reduction == "mean":
-            up = up / valid.sum()
-        row = row + up * 2.0 * z_loss * lse64
-    row = torch.where(valid, row, 0.0)
-    y = logits.reshape(-1, v).to(compute)
-    slope = None
-    if cap is not None:
-        y = cap * torch.tanh(y / cap)
-        slope = 1.0 - (y / cap) ** 2
-    term = torch.exp(y - lse64[:, None]) * row[:, None]
-    if slope is not None:
-        term = term * slope
+        up = grad_z.reshape(-1).to(torch.float64)
+        factor = factor + (up / valid.sum() if reduction == "mean" else up) * 2.0 * z_loss * lse
+    factor = torch.where(valid, factor, 0.0)
+    term = _torch_composite.lse_gradient(logits.reshape(-1, v), lse, factor, options["softcap"])
     term = term.reshape(logits.shape)
     return (term if gx is None else gx + term).to(logits.dtype)
 
@@ -327,7 +316,8 @@ def _check_inplace(input, target, weight):
 
 class CrossEntropyLoss(torch.nn.Module):
     """``torch.nn.CrossEntropyLoss`` computed by :func:`cross_entropy` (same arguments, plus
-    ``z_loss``, ``softcap`` and ``inplace_backward``).
+    ``z_loss``, ``softcap``, ``inplace_backward``, ``return_z_loss``, ``return_lse`` and
+    ``loss_dtype``).
 
     Examples
     --------
@@ -339,7 +329,8 @@ class CrossEntropyLoss(torch.nn.Module):
 
     def __init__(self, weight=None, size_average=None, ignore_index=-100, reduce=None,
                  reduction="mean", label_smoothing=0.0, *, z_loss=0.0, softcap=None,
-                 inplace_backward=False):
+                 inplace_backward=False, return_z_loss=False, return_lse=False,
+                 loss_dtype=None):
         super().__init__()
         if size_average is not None or reduce is not None:
             reduction = _legacy_reduction(size_average, reduce)
@@ -350,17 +341,24 @@ class CrossEntropyLoss(torch.nn.Module):
         self.z_loss = z_loss
         self.softcap = softcap
         self.inplace_backward = inplace_backward
+        self.return_z_loss = return_z_loss
+        self.return_lse = return_lse
+        self.loss_dtype = loss_dtype
 
     def forward(self, input, target):
         return cross_entropy(input, target, weight=self.weight, ignore_index=self.ignore_index,
                              reduction=self.reduction, label_smoothing=self.label_smoothing,
                              z_loss=self.z_loss, softcap=self.softcap,
-                             inplace_backward=self.inplace_backward)
+                             inplace_backward=self.inplace_backward,
+                             return_z_loss=self.return_z_loss, return_lse=self.return_lse,
+                             loss_dtype=self.loss_dtype)
 
     def extra_repr(self):
         return (f"ignore_index={self.ignore_index}, reduction={self.reduction!r}, "
                 f"label_smoothing={self.label_smoothing}, z_loss={self.z_loss}, "
-                f"softcap={self.softcap}, inplace_backward={self.inplace_backward}")
+                f"softcap={self.softcap}, inplace_backward={self.inplace_backward}, "
+                f"return_z_loss={self.return_z_loss}, return_lse={self.return_lse}, "
+                f"loss_dtype={self.loss_dtype}")
 
 
 # --- binary cross-entropy on logits (multi-label) ------------------------------------------------

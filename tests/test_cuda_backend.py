@@ -505,7 +505,7 @@ def test_linear_cross_entropy_chunks_through_the_device_kernels(rng, monkeypatch
 
         @staticmethod
         def put(losses, idx, loss):
-            losses[idx] = loss.copy_to_host()
+            losses[idx] = loss.copy_to_host() if hasattr(loss, "copy_to_host") else loss
 
         @staticmethod
         def fused(x, t, scale, options, lse=False):  # as fastxent.torch calls it for CUDA
@@ -527,23 +527,25 @@ def test_linear_cross_entropy_chunks_through_the_device_kernels(rng, monkeypatch
     from fastxent._linear_torch import _prepare
     prepared = []
     for cw in (rng.uniform(0.5, 2.0, v), -rng.uniform(0.5, 2.0, v), None):
-        _, (_, _, _, _, th, cw_host, options), _ = _prepare(
+        _, _, _, _, th, cw_host, options = _prepare(
             torch.tensor(hidden), torch.tensor(weight), torch.tensor(t), torch.tensor(bias),
-            None if cw is None else torch.tensor(cw), -100, 0.1, 1e-3, 2.5, 5, None)
+            None if cw is None else torch.tensor(cw), -100, 0.1, 1e-3, 2.5, 5, None).args
         prepared.append((th, cw_host, options))
     # the targets were checked on the host: no chunk waits for the kernel's flag
     monkeypatch.setattr(_device, "_raise_bad_target", lambda *a: pytest.fail("synchronized"))
     for (th, cw, options), (reduction, go) in itertools.product(
             prepared, (("mean", 1.0), ("none", rng.uniform(0.5, 2.0, n)))):
         args = (hidden, weight, bias, th, cw, options, reduction, (5, None))
-        got = _linear.run(DeviceOps(), *args, grad=True, grad_output=go)
-        want = _linear.run(_linear._NumpyOps(), *args, grad=True, grad_output=go)
-        np.testing.assert_allclose(got[0], want[0], rtol=2e-6)
-        assert got[1] == want[1]
-        for a, b in zip(got[2], want[2]):
+        got = _linear.run(DeviceOps(), *args, grad=True, grad_output=go, lse=True)
+        want = _linear.run(_linear._NumpyOps(), *args, grad=True, grad_output=go, lse=True)
+        np.testing.assert_allclose(got.losses, want.losses, rtol=2e-6)
+        np.testing.assert_allclose(got.lse, want.lse, rtol=2e-6)
+        assert got.finish == want.finish
+        for a, b in zip(got.grads, want.grads):
             np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6)
-        losses = _linear.run(DeviceOps(), *args, grad=False)[0]
-        np.testing.assert_allclose(losses, want[0], rtol=2e-6)
+        walk = _linear.run(DeviceOps(), *args, grad=False, lse=True)
+        np.testing.assert_allclose(walk.losses, want.losses, rtol=2e-6)
+        np.testing.assert_allclose(walk.lse, want.lse, rtol=2e-6)
 
 
 @pytest.mark.parametrize("eps", [0.0, 1e-3])

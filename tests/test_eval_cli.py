@@ -147,6 +147,15 @@ def test_user_errors_are_one_line_with_status_2(saved, capsys):
     err = _error(capsys, d / "logits.npy", d / "targets.npy", "--per-token", d)
     assert err.strip().splitlines()[-1].startswith("fastxent eval: error:")
     assert "Traceback" not in err
+    # a run that fails half-way leaves no partial --per-token file, nor replaces an earlier one
+    t_bad = t.copy()
+    t_bad[2, 39] = 500
+    np.save(d / "late_bad.npy", t_bad)
+    (d / "tokens.npy").write_bytes(b"earlier")
+    assert "is out of range" in _error(capsys, d / "logits.npy", d / "late_bad.npy",
+                                       "--batch-mb", "0.01", "--per-token", d / "tokens.npy")
+    assert (d / "tokens.npy").read_bytes() == b"earlier"
+    assert not (d / "tokens.npy.partial").exists()
 
 
 @pytest.mark.parametrize("dtype", ["<f2", ">f2", ">f4", ">f8"])
