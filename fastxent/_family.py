@@ -190,7 +190,7 @@ def _binary_call(kind, name, x, targets, weight, pos_weight, reduction, eps, bac
         if inplace or out is not None:
             # the kernel counts the inputs out of range while it writes: in the caller's memory,
             # a pass of its own checks them first, so that a refused call has written nothing
-            _raise_out_of_range(kind, a, t, be.binary(kind, xs, ts, weights, pw, clip)[1])
+            _raise_out_of_range(kind, a, t, be.binary_outside(kind, xs, ts))
     sums, bad = be.binary(kind, xs, ts, weights, pw, clip, losses, gview, gs)
     _raise_out_of_range(kind, a, t, bad)
     loss = _reduce(sums, losses, red, a.size, a.shape)

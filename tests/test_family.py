@@ -334,3 +334,22 @@ def test_bce_on_probabilities_gradient(rng, backend):
     # clipped: no gradient where the clip holds p
     _, g = fx.binary_cross_entropy_with_grad(p, y, eps=1e-6, backend=backend)
     assert (g[0, :4] == 0).all() and (g[1:] != 0).any()
+
+
+@pytest.mark.parametrize("kind", [0, 1], ids=["logits", "probs"])
+@pytest.mark.parametrize("dtype", [F32, BF16, F64], ids=dtype_id)
+def test_out_of_range_count_matches_its_twin(rng, kind, dtype):
+    """``binary_outside``, the pass that checks the inputs before an in-place or out= call
+    writes: the CPU kernel against ``kernels.reference``, and against the loss kernel's count."""
+    from fastxent._dtypes import storage_view
+    from fastxent.kernels import cpu, reference
+    x = rng.uniform(-0.2, 1.2, (7, 300)).astype(dtype)
+    y = rng.uniform(-0.1, 1.1, (7, 300)).astype(dtype)
+    y[0, :5] = np.nan
+    xs, ys = storage_view(x), storage_view(y)
+    want = reference.binary_outside(kind, xs, ys)
+    assert want > 0
+    assert cpu.binary_outside(kind, xs, ys) == want
+    assert cpu.binary(kind, xs, ys)[1] == want
+    flags = (rng.random((7, 300)) > 0.5)
+    assert cpu.binary_outside(0, xs, flags) == reference.binary_outside(0, xs, flags) == 0

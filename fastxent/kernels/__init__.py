@@ -27,9 +27,11 @@ A backend module provides
     rows' partial statistics ``[m, s, Σ w·y]`` over the block (they merge as (max, sum-exp)
     pairs), and, from the whole rows' statistics, the block's gradient written over it.
 
-``binary(kind, x, targets, ...)``, ``kl_logits(x, y)``, ``softmax_grads(x, y, lse_x, ...)``
-    (CPU and reference backends) the element-wise binary and categorical losses, the KL
-    divergence of two softmaxes, and the gradients of the entropy and of that divergence
+``binary(kind, x, targets, ...)``, ``binary_outside(kind, x, targets)``, ``kl_logits(x, y)``,
+``softmax_grads(x, y, lse_x, ...)``
+    (CPU and reference backends) the element-wise binary and categorical losses, the count of
+    their inputs out of range (read alone, before a call writes into the caller's memory), the
+    KL divergence of two softmaxes, and the gradients of the entropy and of that divergence
     (``reference`` has each one's contract).
 
 Every statistic and option is defined once, in float64 NumPy, by :mod:`.reference`. The public

@@ -629,6 +629,12 @@ def binary(kind, x, targets, weights=(None, None, None), pos_weight=None, eps=0.
     return kernel(kind, x, targets, weights, pos_weight, eps, losses, grad, scale)
 
 
+def binary_outside(kind, x, targets):
+    """See ``reference.binary_outside``; the kernel is in :mod:`.cpu_binary`."""
+    from .cpu_binary import outside as kernel
+    return kernel(kind, x, targets)
+
+
 def kl_logits(x, y):
     """See ``reference.kl_logits`` ((N, 3): KL and both log-sum-exps); the kernel is in
     :mod:`.cpu_divergence`."""

@@ -213,3 +213,54 @@ def binary(kind, x, targets, weights=(None, None, None), pos_weight=None, eps=0.
         kernel(x, targets, *weights, pos_weight, c, losses, grad, *scale, nchunk, size, part,
                bad)
     return part.reshape(n, nchunk).sum(axis=1), int(bad.sum())
+
+
+def _probs_ok(xs, j, x):
+    """Whether probability ``xs[j]`` is in [0, 1], in the compute type of ``x`` (True when
+    ``xs`` is None: logits)."""
+
+
+@overload(_probs_ok, inline="always")
+def _probs_ok_impl(xs, j, x):
+    if isinstance(xs, types.NoneType):
+        return lambda xs, j, x: True
+
+    def ok(xs, j, x):
+        p = as_compute(load(xs[j]), x)
+        return p >= as_compute(0.0, x) and p <= as_compute(1.0, x)
+    return ok
+
+
+@njit(**_PARALLEL)
+def _outside(x, probs, y, nchunk, size, bad):
+    """Task k = (row, column chunk) as in :func:`_tasks`: how many of its targets (and
+    probabilities, ``probs`` not None) are outside [0, 1], read alone."""
+    n, v = x.shape
+    one = as_compute(1.0, x)
+    zero = one - one
+    for k in prange(n * nchunk):
+        r = k // nchunk
+        lo = (k % nchunk) * size
+        hi = min(lo + size, v)
+        ys = y[r, lo:hi]
+        ps = _row_part(probs, r, lo, hi)
+        nb = zero  # counted in the compute type, as in _tasks (exact to 2**24 per chunk)
+        for j in range(hi - lo):
+            yv = _target(ys[j], x)
+            ok = yv >= zero and yv <= one and _probs_ok(ps, j, x)
+            nb += zero if ok else one
+        bad[k] = int(nb)
+
+
+def outside(kind, x, targets):
+    """See ``reference.binary_outside``: the targets (and probabilities) read alone, a pass
+    that costs a fraction of the loss kernel's."""
+    n, v = x.shape
+    if n == 0 or v == 0:
+        return 0
+    nchunk, size = _plan(n, v)
+    bad = np.zeros(n * nchunk, np.int64)
+    with parallel_guard() as parallel:
+        kernel = _outside if parallel else _serial(_outside)
+        kernel(x, x if kind == PROBS else None, targets, nchunk, size, bad)
+    return int(bad.sum())

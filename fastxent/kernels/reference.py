@@ -256,6 +256,23 @@ def binary(kind, x, targets, weights=(None, None, None), pos_weight=None, eps=0.
     return sums, bad
 
 
+def binary_outside(kind, x, targets):
+    """How many elements of the binary losses' inputs ``binary`` would count out of range
+    (targets outside [0, 1], and for probabilities, ``kind`` 1, probabilities too), read alone:
+    what a call checks before it writes into the caller's memory."""
+    n, v = x.shape
+    bad = 0
+    for rws in _row_blocks(n, v):
+        y = (np.asarray(targets[rws], dtype=np.float64) if targets.dtype.itemsize == 1
+             else decode(targets[rws]))
+        out = ~((y >= 0) & (y <= 1))
+        if kind == 1:
+            a = decode(x[rws])
+            out |= ~((a >= 0) & (a <= 1))
+        bad += int(np.count_nonzero(out))
+    return bad
+
+
 def kl_logits(x, y):
     """KL(softmax(x) || softmax(y)) of each row of two (N, V) storage views, float64:
     ``Σ P·(x - y) - lse(x) + lse(y)`` with ``P = softmax(x)`` (classes where P is 0 weigh
