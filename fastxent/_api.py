@@ -100,7 +100,7 @@ def chunk_losses(x, targets, *, weight, label_smoothing, z_loss, softcap, backen
         s = np.broadcast_to(np.asarray(scale, np.float64), p.valid.shape)
         stats = _stats(p, row_coefficients(s, s, p.valid, p.smoothing, p.n_classes, p.z_loss),
                        p.x)
-    return _row_losses(p, stats), (np.where(p.valid, stats[:, 0], 0.0) if lse else None)
+    return _row_losses(p, stats), (_row_lse(p, stats) if lse else None)
 
 
 def _stats(p, coef=None, grad=None):
@@ -137,6 +137,11 @@ def _row_losses(p, stats):
         return np.where(p.valid, ce + zt, 0.0)
 
 
+def _row_lse(p, stats):
+    """Each row's log-sum-exp (float64), 0 for ignored rows (what ``return_lse`` gives)."""
+    return np.where(p.valid, stats[:, 0], 0.0)
+
+
 def _loss(p, stats):
     """Per-row losses from ``[lse, Σwqy, Σwq, Σwy]``, then the reduction."""
     if p.reduction == "none":
@@ -167,7 +172,7 @@ def _result(p, stats, want_z, want_lse):
     loss = _loss(p, stats)
     if not (want_z or want_lse):
         return loss
-    lse = np.where(p.valid, stats[:, 0], 0.0)
+    lse = _row_lse(p, stats)
     parts = (loss,)
     if want_z:
         with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
