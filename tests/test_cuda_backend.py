@@ -589,3 +589,18 @@ def test_loss_parts_and_shift_match_the_cpu(rng, reduction):
     host = fx.cross_entropy(x, t, backend="cuda", **opts)  # host arrays through the device
     for a, b in zip(host, want):
         np.testing.assert_allclose(a, b, rtol=2e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("dtype", [F16, BF16], ids=dtype_id)
+def test_half_precision_class_weights_on_the_device(rng, dtype):
+    """Class weights in half precision, on the GPU or the host (PyTorch takes them): widened on
+    the device, the results of float32 weights of the same values."""
+    x = random_logits(rng, (N, V), F32)
+    t = random_targets(rng, (N,), V, ignore_index=-100)
+    w = random_weight(rng, V).astype(dtype)
+    want, want_grad = fx.cross_entropy_with_grad(x, t, weight=w.astype(F32))
+    # (Numba has no bfloat16 device arrays of its own: PyTorch's are tested with the GPU)
+    for weight in (w, cuda.to_device(w)) if dtype == F16 else (w,):
+        loss, grad = fx.cross_entropy_with_grad(cuda.to_device(x), t, weight=weight)
+        np.testing.assert_allclose(np.asarray(loss.copy_to_host()).reshape(()), want, rtol=2e-6)
+        np.testing.assert_allclose(grad.copy_to_host(), want_grad, rtol=1e-5, atol=1e-7)

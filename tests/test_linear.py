@@ -697,6 +697,36 @@ def test_torch_cuda_bfloat16(rng, accum_dtype):
         close(g.float().cpu().numpy(), r, 3e-2)
 
 
+@needs_gpu
+@pytest.mark.parametrize("targets", ["indices", "probabilities"])
+def test_torch_cuda_parts_shift_and_probabilities(rng, targets):
+    """CUDA tensors against CPU tensors: shift, the loss's parts and their gradients (the
+    second walk's lse term on the device), probability targets and their gradient."""
+    b_, t_, h_, v_ = 3, 9, 16, 200
+    hidden = torch.tensor(rng.standard_normal((b_, t_, h_)), dtype=torch.float32)
+    weight = torch.tensor(rng.standard_normal((v_, h_)), dtype=torch.float32)
+    if targets == "indices":
+        target = torch.tensor(rng.integers(0, v_, (b_, t_)))
+        opts = dict(shift=1, z_loss=1e-3, return_z_loss=True, return_lse=True)
+    else:
+        target = torch.tensor(rng.dirichlet(np.ones(v_), (b_, t_)), dtype=torch.float32)
+        opts = dict(label_smoothing=0.1, return_lse=True)
+    results = []
+    for device in ("cpu", "cuda"):
+        h = hidden.to(device).requires_grad_()
+        w = weight.to(device).requires_grad_()
+        tt = target.to(device).clone()
+        if targets == "probabilities":
+            tt.requires_grad_()
+        out = fxt.linear_cross_entropy(h, w, tt, chunk_size=8, **opts)
+        total = sum(o.sum() * (k + 1) for k, o in enumerate(out))
+        wrt = (h, w, tt) if targets == "probabilities" else (h, w)
+        results.append([o.detach().cpu() for o in out]
+                       + [g.cpu() for g in torch.autograd.grad(total, wrt)])
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
 def test_bench_linear_runs():
     """``fastxent bench --linear`` at a tiny shape: every contender timed, a table printed."""
     from fastxent.bench import linear

@@ -459,6 +459,31 @@ def test_cuda_tensors_match_functional_cross_entropy(gen, dtype, name):
 
 
 @needs_gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_cuda_class_weights_in_half_precision_and_parts(gen, dtype):
+    """On the GPU: class weights of the logits' half precision (widened on the device), the
+    loss's parts and their gradients, loss_dtype, and the gradient of probability targets."""
+    x = (torch.randn(6, 11, generator=gen) * 3).to(dtype).cuda().requires_grad_()
+    t = torch.tensor([0, 3, 10, -100, 2, 7]).cuda()
+    w = (torch.rand(11, generator=gen) + 0.5).to(dtype).cuda()
+    loss, z, lse = fxt.cross_entropy(x, t, weight=w, z_loss=1e-3, return_z_loss=True,
+                                     return_lse=True, loss_dtype=torch.float32)
+    xd = x.detach().double().requires_grad_()
+    want_lse = torch.where(t != -100, torch.logsumexp(xd, -1), 0.0)
+    want = F.cross_entropy(xd, t, weight=w.double()) + 1e-3 * (want_lse**2).sum() / 5
+    torch.testing.assert_close(loss.double(), want, rtol=1e-5, atol=0.0)
+    torch.testing.assert_close(lse.double(), want_lse, rtol=1e-5, atol=1e-6)
+    (g,) = torch.autograd.grad(loss + lse.sum(), x)
+    (h,) = torch.autograd.grad(want + want_lse.sum(), xd)
+    torch.testing.assert_close(g.double(), h, rtol=2 * ROUND[dtype], atol=1e-6)
+    q = torch.softmax(torch.randn(6, 11, generator=gen, dtype=torch.float64), -1).cuda()
+    q.requires_grad_()
+    (gq,) = torch.autograd.grad(fxt.cross_entropy(xd.detach(), q), q)
+    qq = q.detach().clone().requires_grad_()
+    torch.testing.assert_close(gq, torch.autograd.grad(F.cross_entropy(xd.detach(), qq), qq)[0])
+
+
+@needs_gpu
 def test_cuda_tensors_in_place_k_d_and_compiled(gen):
     x, t = _inputs(gen, (3, 11, 2, 4), (3, 2, 4), torch.float32)
     _check(*(r.cpu() for r in _both(x.cuda(), t.cuda(), label_smoothing=0.1)), torch.float32)
