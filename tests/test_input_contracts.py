@@ -130,7 +130,7 @@ def test_cross_entropy_of_big_endian_half_precision(rng):
     assert round(fx.cross_entropy(x, np.array([0])), 3) == 0.417
 
 
-# --- destinations: in place, out= ------------------------------------------------------------------
+# --- destinations: in place, out= ---------------------------------------------------------------
 
 # name -> (function(arrays, **destination), the name of the array it writes over in place)
 WRITERS = {
@@ -195,7 +195,8 @@ def test_out_overlapping_any_input_is_refused(rng, name, other):
     arrays = _arrays(rng, F32)
     out = np.zeros_like(arrays[target])
     arrays[other] = _inside(out, arrays[other])
-    with pytest.raises(ValueError, match=f"out overlaps {'targets' if other in 'tqy' else 'weight'}"):
+    named = "targets" if other in "tqy" else "weight"
+    with pytest.raises(ValueError, match=f"out overlaps {named}"):
         fn(arrays, out=out)
 
 
@@ -240,7 +241,7 @@ def test_gradient_into_an_out_in_the_other_byte_order(rng, dtype):
     np.testing.assert_array_equal(x, want)
 
 
-# --- option arrays in half precision ---------------------------------------------------------------
+# --- option arrays in half precision ------------------------------------------------------------
 
 OPTION_ARRAYS = {
     "weight": lambda a, w: fx.cross_entropy_with_grad(a["x"], a["t"], weight=w),
