@@ -184,12 +184,21 @@ def targets(value, logits_shape, ignore):
     n_classes = logits_shape[-1]
     if target_kind(_dtypes.name(t.dtype), t.shape, logits_shape, shown=t.dtype) == "prob":
         return "prob", t
-    valid = t != ignore
-    bad = valid & ((t < 0) | (t >= n_classes))
+    in_range(t, n_classes, ignore)
+    return "index", np.where(t != ignore, t, -1).astype(np.int64).reshape(-1)
+
+
+def in_range(t, n_classes, ignore, offset=0):
+    """An IndexError naming the first class index of ``t`` outside ``[0, n_classes)`` that is
+    not ``ignore``; its position along the last axis is reported ``offset`` further on (the
+    targets' own position, for the shifted ones)."""
+    bad = (t != ignore) & ((t < 0) | (t >= n_classes))
     if bad.any():
-        pos = tuple(int(i) for i in np.argwhere(bad)[0])
-        raise IndexError(out_of_range(pos, int(t[pos]), n_classes, ignore))
-    return "index", np.where(valid, t, -1).astype(np.int64).reshape(-1)
+        pos = [int(i) for i in np.argwhere(bad)[0]]
+        value = int(t[tuple(pos)])
+        if pos:
+            pos[-1] += offset
+        raise IndexError(out_of_range(tuple(pos), value, n_classes, ignore))
 
 
 def out_of_range(pos, value, n_classes, ignore):
@@ -233,12 +242,7 @@ def shifted(targets, lead, s, ignore, n_classes):
         raise ValueError(f"targets has shape {t.shape}, expected {tuple(lead)} (the logits' "
                          "shape without the classes) for shift=")
     used = t[..., s:]
-    bad = (used != ignore) & ((used < 0) | (used >= n_classes))
-    if bad.any():
-        pos = [int(i) for i in np.argwhere(bad)[0]]
-        value = int(used[tuple(pos)])
-        pos[-1] += s
-        raise IndexError(out_of_range(tuple(pos), value, n_classes, ignore))
+    in_range(used, n_classes, ignore, offset=s)
     out = np.full(t.shape, ignore, np.int64)
     out[..., :t.shape[-1] - s] = used
     return out
@@ -303,11 +307,13 @@ def inplace_target(logits, inputs=()):
     apart(logits, "logits (overwritten by inplace=True)", inputs)
 
 
-def apart(dst, name, inputs):
+def apart(dst, name, inputs, overlap=None):
     """A ValueError if ``dst``, where results are written, shares memory with one of ``inputs``
-    ((name, value) pairs; values that are not NumPy arrays are skipped)."""
+    ((name, value) pairs). ``overlap(dst, value)`` says whether they do: by default, for NumPy
+    arrays (other values are skipped); the GPU path passes its own, on address ranges."""
     for other, a in inputs:
-        if isinstance(a, np.ndarray) and overlaps(dst, a):
+        if (overlap(dst, a) if overlap is not None
+                else isinstance(a, np.ndarray) and overlaps(dst, a)):
             hint = ("; to write the gradient over the logits pass inplace=True instead"
                     if other in ("logits", "probs") and name == "out" else
                     ": the result would be written over an input while it is read; pass "

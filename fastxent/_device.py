@@ -109,19 +109,17 @@ def _raise_bad_target(bad, targets, lead, n_classes, ignore, stream):
     raise IndexError(_checks.out_of_range(pos, int(value[0]), n_classes, ignore))
 
 
-def _overlaps(ad, a, b):
-    a0, a1 = ad.address_range(a)
-    b0, b1 = ad.address_range(b)
+def _overlaps(a, b):
+    """Whether two GPU arrays (of any libraries) share memory, from their address ranges."""
+    a0, a1 = _arrays.adapter(a).address_range(a)
+    b0, b1 = _arrays.adapter(b).address_range(b)
     return a0 < b1 and b0 < a1
 
 
-def _apart(ad, dst, name, inputs):
-    """``_checks.apart`` for a GPU destination: no GPU input ((name, value) pairs) may share its
-    memory."""
-    for other, value in inputs:
-        if _arrays.is_device(value) and _overlaps(_arrays.adapter(value), value, dst):
-            raise ValueError(f"{name} overlaps {other}: the result would be written over an "
-                             "input while it is read; pass arrays that share no memory")
+def _on_device_overlap(dst, value):
+    """The overlap test of ``_checks.apart`` on the GPU: ``value`` a GPU array sharing memory
+    with the GPU destination ``dst`` (host values cannot)."""
+    return _arrays.is_device(value) and _overlaps(value, dst)
 
 
 def cross_entropy(logits, targets, *, reduction, ignore_index, weight, label_smoothing, z_loss,
@@ -247,7 +245,8 @@ def _check_inplace(ad, logits, inputs):
         raise ValueError("inplace=True needs C-contiguous logits on the GPU (the gradient is "
                          "written over them)")
     else:
-        _apart(ad, logits, "logits (overwritten by inplace=True)", inputs)
+        _checks.apart(logits, "logits (overwritten by inplace=True)", inputs,
+                      _on_device_overlap)
 
 
 def _check_out(ad, out, logits, dname, shape, inputs):
@@ -260,10 +259,7 @@ def _check_out(ad, out, logits, dname, shape, inputs):
     _checks.like_logits(ad.shape(out), ad.dtype_name(out), shape, dname)
     if not ad.is_contiguous(out):
         raise ValueError("out must be C-contiguous")
-    if _overlaps(ad, out, logits):
-        raise ValueError("out overlaps logits; to write the gradient over the logits pass "
-                         "inplace=True instead")
-    _apart(ad, out, "out", inputs)
+    _checks.apart(out, "out", (("logits", logits),) + inputs, _on_device_overlap)
 
 
 def logsumexp(logits):

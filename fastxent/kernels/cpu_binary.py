@@ -136,6 +136,15 @@ def _term_impl(x, y, pw, c, one):
     return lambda x, y, pw, c, one: _prob_term(x, y, c, one)
 
 
+@njit(inline="always", **_ELEMENT)
+def _task(k, nchunk, size, v):
+    """Task k's (row, first column, end column): row k // nchunk, chunk k % nchunk of ``size``
+    columns."""
+    r = k // nchunk
+    lo = (k % nchunk) * size
+    return r, lo, min(lo + size, v)
+
+
 @njit(**_PARALLEL)
 def _tasks(x, y, cw, rw, ew, pw, c, losses, g, rs, ge, nchunk, size, part, bad):
     """Task k = (row k // nchunk, columns of chunk k % nchunk). The weight of element (r, j) is
@@ -144,9 +153,7 @@ def _tasks(x, y, cw, rw, ew, pw, c, losses, g, rs, ge, nchunk, size, part, bad):
     one = as_compute(1.0, x)
     zero = one - one
     for k in prange(n * nchunk):
-        r = k // nchunk
-        lo = (k % nchunk) * size
-        hi = min(lo + size, v)
+        r, lo, hi = _task(k, nchunk, size, v)
         row_w = as_compute(weight_at(rw, r), x)
         row_g = as_compute(weight_at(rs, r), x) * row_w
         total = 0.0
@@ -239,12 +246,12 @@ def _outside(x, probs, y, nchunk, size, bad):
     one = as_compute(1.0, x)
     zero = one - one
     for k in prange(n * nchunk):
-        r = k // nchunk
-        lo = (k % nchunk) * size
-        hi = min(lo + size, v)
+        r, lo, hi = _task(k, nchunk, size, v)
         ys = y[r, lo:hi]
         ps = _row_part(probs, r, lo, hi)
-        nb = zero  # counted in the compute type, as in _tasks (exact to 2**24 per chunk)
+        # counted in the compute type, as in _tasks (integer counts widen the loop's masks);
+        # past 2**24 in one chunk (float32) the count stops growing, but never returns to 0
+        nb = zero
         for j in range(hi - lo):
             yv = _target(ys[j], x)
             ok = yv >= zero and yv <= one and _probs_ok(ps, j, x)
