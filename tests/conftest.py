@@ -234,12 +234,17 @@ def pytest_collection_modifyitems(config, items):
 
 
 def start_simulated_suite(root):
+    """(process, its output, its JUnit XML report's path): ``tests/test_cuda_simulated.py`` reads
+    each simulated test's outcome from the report."""
     env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1", PYTHONWARNINGS="ignore::RuntimeWarning")
     out = tempfile.TemporaryFile(mode="w+")
+    fd, report = tempfile.mkstemp(prefix="fastxent-simulated-", suffix=".xml")
+    os.close(fd)
     proc = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                             "-W", "ignore::RuntimeWarning", SIMULATED_SUITE],
+                             "-W", "ignore::RuntimeWarning", f"--junitxml={report}",
+                             SIMULATED_SUITE],
                             cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT)
-    return proc, out
+    return proc, out, report
 
 
 SIMULATOR_RUN = pytest.StashKey()

@@ -4,9 +4,12 @@ owned by a warp or by a block, aligned and unaligned rows, device arrays staying
 
 They run on a GPU when one is visible, and in Numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``, at
 small sizes: each simulated thread is a Python thread), which ``tests/test_cuda_simulated.py``
-starts in a separate process. Without either they are skipped.
+starts in a separate process. Without either they are skipped; a broken numba-cuda, or none where
+CUDA is expected (the simulator, or a GPU device node), fails the module instead.
 """
 
+import glob
+import importlib.util
 import itertools
 import os
 
@@ -22,14 +25,20 @@ from conftest import (BF16, DTYPES, F16, F32, F64, ROUNDING, assert_fused_matche
                       random_probs, random_targets, random_weight, to64)
 
 SIMULATED = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
+#: Where these tests must run: in the simulator, or where the NVIDIA driver shows a GPU (Linux).
+CUDA_EXPECTED = SIMULATED or bool(glob.glob("/dev/nvidia[0-9]*"))
 
 
 def _cuda():
-    try:
-        from numba import cuda
-        return cuda if cuda.is_available() else None
-    except Exception:  # numba-cuda missing or broken: nothing here can run
+    """numba.cuda, or None where it finds no GPU or numba-cuda (the optional package) is not
+    installed, unless CUDA is expected here; a broken install fails the module."""
+    if importlib.util.find_spec("numba_cuda") is None:  # numba.cuda alone is Numba's old target
+        if CUDA_EXPECTED:
+            raise ImportError('CUDA is expected here (the simulator, or a GPU) but numba-cuda is '
+                              'not installed: pip install "fastxent[cuda]"')
         return None
+    from numba import cuda
+    return cuda if cuda.is_available() else None
 
 
 cuda = _cuda()

@@ -126,9 +126,11 @@ def test_lane_twins_decode_and_encode_words(rng, dtype):
     ne = lanes.lanes(like)
     assert ne == 8 // dtype.itemsize
     words = like.view(np.float64 if dtype == F64 else np.uint64)
+    compute = np.float64 if dtype == F64 else np.float32  # the lane's value in the compute type
     for k, word in enumerate(words):
         for j in range(ne):
-            assert lanes.get(word, j, like) == np.float32(x[k * ne + j]) or dtype == F64
+            got = lanes.get(word, j, like)
+            assert type(got) is compute and got == compute(x[k * ne + j]), (k, j, got)
         rebuilt = lanes.empty_word(like)
         for j in range(ne):
             rebuilt = lanes.put(rebuilt, j, lanes.get(word, j, like), like)
