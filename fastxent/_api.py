@@ -10,6 +10,7 @@ import numpy as np
 
 from . import _checks, _device, _dispatch, _dtypes
 from ._dtypes import compute_dtype, storage_view
+from .kernels import formulas
 
 
 @dataclass
@@ -108,26 +109,21 @@ def _stats(p, coef=None, grad=None):
 
 
 def row_terms(stats, smoothing, n_classes, weight_sum, z_loss):
-    """Per-row (cross-entropy, z-loss) from the statistics ``[lse, Σwqy, Σwq, Σwy]``."""
-    lse, swqy, swq, swy = stats.T
+    """Per-row (cross-entropy, z-loss) from the statistics ``[lse, Σwqy, Σwq, Σwy]``
+    (``formulas.row_loss`` on the arrays of rows)."""
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-        ce = (1.0 - smoothing) * (lse * swq - swqy)
-        if smoothing > 0:
-            ce += smoothing / n_classes * (lse * weight_sum - swy)
-        # (z_loss < 0: a coefficient rescaled by negative class weights, fastxent._linear)
-        zt = z_loss * lse * lse if z_loss != 0 else np.zeros_like(lse)
-        # a +inf logit makes PyTorch's log_softmax NaN for its whole row (inf - inf)
-        return np.where(lse == np.inf, np.nan, ce), zt
+        ce, zt = formulas.row_loss(*stats.T, smoothing, z_loss, n_classes, weight_sum)
+    return ce, np.broadcast_to(zt, ce.shape)
 
 
 def row_coefficients(scale, scale_z, valid, smoothing, n_classes, z_loss):
-    """(N, 3) float64 ``[c0, c1, c2]`` of the backends' gradient formula, for rows whose
-    upstream gradient is ``scale`` (``scale_z`` for the z-loss); zeros where not ``valid``."""
-    coef = np.zeros((valid.shape[0], 3))
-    coef[valid, 0] = scale[valid] * (1.0 - smoothing)
-    coef[valid, 1] = scale[valid] * (smoothing / n_classes)
-    coef[valid, 2] = scale_z[valid] * (2.0 * z_loss)
-    return coef
+    """(N, 3) float64 ``[c0, c1, c2]`` of the backends' gradient formula
+    (``formulas.coefficients``), for rows whose upstream gradient is ``scale`` (``scale_z`` for
+    the z-loss); zeros where not ``valid``."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        coef = np.stack(np.broadcast_arrays(
+            *formulas.coefficients(scale, scale_z, smoothing, z_loss, n_classes)), axis=-1)
+    return np.where(valid[:, None], coef, 0.0)
 
 
 def _row_losses(p, stats):

@@ -13,8 +13,9 @@ import numbers
 import numpy as np
 
 from . import _arrays, _dtypes
+from .kernels import codes
 
-REDUCTIONS = ("mean", "sum", "none")
+REDUCTIONS = tuple(codes.REDUCTIONS)  # ("mean", "sum", "none")
 _TOO_HARD = getattr(np, "exceptions", np).TooHardError  # (numpy.exceptions: NumPy 1.25+)
 
 
@@ -132,7 +133,13 @@ def like_logits(shape, dname, logits_shape, logits_dname):
                          f"{tuple(logits_shape)} and dtype {logits_dname} (those of logits)")
 
 
-def reduction(value):
+def reduction(value, size_average=None, reduce=None):
+    """The reduction, checked; given PyTorch's deprecated ``size_average`` or ``reduce``, the
+    one PyTorch's rule makes of them instead (either defaults to True)."""
+    if size_average is not None or reduce is not None:
+        reduce = True if reduce is None else reduce
+        size_average = True if size_average is None else size_average
+        value = ("mean" if size_average else "sum") if reduce else "none"
     if value not in REDUCTIONS:
         raise ValueError(f"reduction={value!r} is not one of {', '.join(map(repr, REDUCTIONS))}")
     return value

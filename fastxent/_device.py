@@ -277,7 +277,8 @@ def logsumexp(logits):
 
 def token_stats(logits, targets, *, ignore_index):
     """``fastxent.token_stats`` on the GPU: the statistics come back to the host (O(N))."""
-    from ._tokens import IGNORED, finish
+    from ._tokens import finish
+    from .kernels.codes import IGNORED
     ignore = _checks.ignore_index(ignore_index)
     be, ad, dname, shape, lead, v, n = _rows(logits)
     stream = ad.stream()

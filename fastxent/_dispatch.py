@@ -19,12 +19,6 @@ _REGISTRY = {
 _loaded = {}
 
 
-def register(name, module, install_hint):
-    """Make ``backend=name`` load ``module`` (a dotted path) on first use."""
-    _REGISTRY[name] = (module, install_hint)
-    _loaded.pop(name, None)
-
-
 def names():
     return ("auto", *_REGISTRY)
 

@@ -8,6 +8,8 @@ array (shape, strides, the buffer) is the caller's.
 
 import numpy as np
 
+from .kernels import formulas
+
 #: dtype names accepted for logits, in the order the docs list them.
 SUPPORTED = ("float32", "float64", "float16", "bfloat16")
 
@@ -76,7 +78,7 @@ def encode_into(dst, values):
     if dst.dtype == np.uint16:
         f32 = np.asarray(values, dtype=np.float32)
         bits = f32.view(np.uint32).astype(np.uint64)
-        rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+        rounded = formulas.bf16_bits(bits).astype(np.uint16)
         # a NaN must stay a NaN whatever its payload
         dst[...] = np.where(np.isnan(f32), np.uint16(0x7FC0), rounded)
     elif dst.dtype == np.int16:

@@ -9,9 +9,9 @@ import numpy as np
 
 from . import _checks, _dispatch, _dtypes
 from ._dtypes import compute_dtype, storage_view
-from ._tokens import ABSENT, finish
+from ._tokens import finish
+from .kernels.codes import ABSENT, BINARY_LOGITS, BINARY_PROBS, CATEGORICAL
 
-LOGITS, PROBS, CATEGORICAL = 0, 1, 2
 _KINDS = ("logits", "probs")
 
 
@@ -106,7 +106,7 @@ def _raise_out_of_range(kind, a, t, bad):
     """When the kernel counted ``bad`` elements out of range: the message of the first one, in
     the probabilities (``a``, unless they are logits) or the targets ``t``."""
     if bad:
-        _raise_first_out_of_range(([] if kind == LOGITS else [("probs", a, False)])
+        _raise_first_out_of_range(([] if kind == BINARY_LOGITS else [("probs", a, False)])
                                   + [("targets", t, False)])
 
 
@@ -139,7 +139,7 @@ def _device_binary(kind, name, x, targets, weight, pos_weight, red, eps, grad, g
     size = int(np.prod(shape))
     gs = _grad_scale(grad_output, red, shape, size, like) if grad else None
     weights = _factors(weight, shape, "weight", like)
-    what = "probs and targets" if kind == PROBS else "targets"
+    what = "probs and targets" if kind == BINARY_PROBS else "targets"
     if grad and (inplace or out is not None):
         # the kernel counts the inputs out of range while it writes: in the caller's memory,
         # a pass of its own checks them first, so that a refused call has written nothing
@@ -157,7 +157,7 @@ def _binary_call(kind, name, x, targets, weight, pos_weight, reduction, eps, bac
         return _device_binary(kind, name, x, targets, weight, pos_weight, red, eps, grad,
                               grad_output, out, inplace)
     a = _checks.logits_array(x, name=name, scalar_ok=True)
-    be = _host_only("binary_cross_entropy" + ("_with_logits" if kind == LOGITS else ""),
+    be = _host_only("binary_cross_entropy" + ("_with_logits" if kind == BINARY_LOGITS else ""),
                     backend, x)
     inputs = (("targets", targets), ("weight", weight), ("pos_weight", pos_weight),
               ("grad_output", grad_output))
@@ -256,7 +256,7 @@ def binary_cross_entropy_with_logits(logits, targets, *, weight=None, pos_weight
     ...                                     reduction="none")
     array([10000.,     0.])
     """
-    return _binary_call(LOGITS, "logits", logits, targets, weight, pos_weight, reduction, None,
+    return _binary_call(BINARY_LOGITS, "logits", logits, targets, weight, pos_weight, reduction, None,
                         backend, False, 1.0, None, False)
 
 
@@ -278,7 +278,7 @@ def binary_cross_entropy_with_logits_with_grad(logits, targets, *, weight=None, 
     """
     if inplace and out is not None:
         raise ValueError("pass either out= or inplace=True, not both")
-    return _binary_call(LOGITS, "logits", logits, targets, weight, pos_weight, reduction, None,
+    return _binary_call(BINARY_LOGITS, "logits", logits, targets, weight, pos_weight, reduction, None,
                         backend, True, grad_output, out, inplace)
 
 
@@ -305,7 +305,7 @@ def binary_cross_entropy(probs, targets, *, weight=None, reduction="mean", eps=N
     >>> fx.binary_cross_entropy(np.array([0.0, 1.0]), np.array([1.0, 1.0]), reduction="none")
     array([100.,   0.])
     """
-    return _binary_call(PROBS, "probs", probs, targets, weight, None, reduction, eps, backend,
+    return _binary_call(BINARY_PROBS, "probs", probs, targets, weight, None, reduction, eps, backend,
                         False, 1.0, None, False)
 
 
@@ -326,7 +326,7 @@ def binary_cross_entropy_with_grad(probs, targets, *, weight=None, reduction="me
     """
     if inplace and out is not None:
         raise ValueError("pass either out= or inplace=True, not both")
-    return _binary_call(PROBS, "probs", probs, targets, weight, None, reduction, eps, backend,
+    return _binary_call(BINARY_PROBS, "probs", probs, targets, weight, None, reduction, eps, backend,
                         True, grad_output, out, inplace)
 
 

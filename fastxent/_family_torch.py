@@ -12,24 +12,14 @@ from typing import Optional, Tuple
 
 import torch
 
-from . import _family
+from . import _checks, _family
 from ._torch_support import _arrays, _keep_gradient, _no_double_backward, _scaled, _tensor
-
-_REDUCTIONS = ("mean", "sum", "none")
-
 
 def _cpu_only(name, *tensors):
     for t in tensors:
         if isinstance(t, torch.Tensor) and t.is_cuda:
             raise NotImplementedError(f"fastxent.torch.{name} runs on the CPU only (its CUDA "
                                       "kernel is not written); move the tensors to the CPU")
-
-
-def _reduction(reduction):
-    if reduction not in _REDUCTIONS:
-        raise ValueError(f"reduction={reduction!r} is not one of "
-                         f"{', '.join(map(repr, _REDUCTIONS))}")
-    return reduction
 
 
 def _wants_grad(*tensors):
@@ -145,7 +135,7 @@ def kl_divergence(p, q, *, kind="logits", reduction="none"):
     """
     _cpu_only("kl_divergence", p, q)
     _family._kind(kind)
-    red = _reduction(reduction)
+    red = _checks.reduction(reduction)
     if kind == "logits" and _wants_grad(p, q):
         return _kl_op(p, q, red)[0]
     if kind != "logits" and _wants_grad(p, q):
@@ -200,7 +190,7 @@ def cross_entropy_from_probs(input, target, weight=None, *, ignore_index=-100, r
     """
     _cpu_only("cross_entropy_from_probs", input, target, weight)
     _no_target_grad("cross_entropy_from_probs", target=target, weight=weight)
-    red = _reduction(reduction)
+    red = _checks.reduction(reduction)
     clip = _family._eps(eps, _arrays(input.detach()).dtype)
     if _wants_grad(input):
         return _from_probs_op(input, target, weight, red, int(ignore_index), float(clip))[0]

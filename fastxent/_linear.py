@@ -28,7 +28,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import _api, _arrays, _checks, _dispatch, _dtypes, _tokens
+from . import _api, _arrays, _checks, _dispatch, _dtypes
+from .kernels._numeric import capped_values, merge_rows
 
 #: bytes of logits per chunk when ``chunk_size`` is not given. Each chunk of whole rows streams
 #: the weight through three products, and BLAS loses efficiency with few rows: on a 2-core CPU,
@@ -246,7 +247,8 @@ def _class_blocks(ops, buf, hc, w, b, t, cw, options, classes, scale, grads, idx
     top = np.full(m_rows, -np.inf)
     sums = np.zeros(m_rows)
     swy = np.zeros(m_rows)
-    yt = np.zeros(m_rows)
+    xt = np.zeros(m_rows)  # the targets' logits
+    zeros = np.zeros(m_rows)
 
     def logits(cls):
         x = buf[:m_rows * (cls.stop - cls.start)].reshape(m_rows, cls.stop - cls.start)
@@ -260,15 +262,17 @@ def _class_blocks(ops, buf, hc, w, b, t, cw, options, classes, scale, grads, idx
         x = logits(cls)
         xs = _dtypes.storage_view(ops.host(x))
         part = be.class_partials(xs, None if cw is None else cw[cls], cap, eps > 0)
-        top, sums, _ = _tokens.merge3(top, sums, 0.0, part[:, 0], part[:, 1], 0.0)
+        top, sums, _ = merge_rows(top, sums, zeros, np.ascontiguousarray(part[:, 0]),
+                                  np.ascontiguousarray(part[:, 1]), zeros)
         swy += part[:, 2]
         hit = np.flatnonzero(local(cls) >= 0)
         y = _dtypes.decode(xs[hit, t[hit] - cls.start])
-        yt[hit] = y if cap is None else cap * np.tanh(y / cap)
+        xt[hit] = y
     wt = np.ones(m_rows) if cw is None else cw[t]
     with np.errstate(divide="ignore", invalid="ignore"):
         lse = np.where(top == np.inf, np.inf, top + np.log(sums))
     w_sum = float(v) if cw is None else float(cw.sum())
+    yt = xt if cap is None else capped_values(xt, float(cap))
     ce, zt = _api.row_terms(np.stack([lse, wt * yt, wt, swy], axis=-1), eps, v, w_sum,
                             options["z_loss"])
     if grads is None:
@@ -276,7 +280,7 @@ def _class_blocks(ops, buf, hc, w, b, t, cw, options, classes, scale, grads, idx
     s = np.broadcast_to(np.asarray(scale, np.float64), (m_rows,))
     coef = _api.row_coefficients(s, s, np.ones(m_rows, bool), eps, v, options["z_loss"])
     partials = np.stack([top, sums], axis=-1)
-    targets_ = np.stack([yt, wt], axis=-1)
+    targets_ = np.stack([xt, wt], axis=-1)
     # the blocks backwards: the last one's logits are still in the buffer
     for j, cls in enumerate(reversed(_blocks(v, classes))):
         g = x if j == 0 else logits(cls)

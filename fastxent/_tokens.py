@@ -18,10 +18,9 @@ import numpy as np
 
 from . import _checks, _device, _dispatch
 from ._dtypes import storage_view
+from .kernels._numeric import merge_rows
+from .kernels.codes import IGNORED
 
-#: ``targets`` codes of the backends' ``token_partials``
-ABSENT = -1
-IGNORED = -2
 
 
 class TokenStats(NamedTuple):
@@ -44,19 +43,6 @@ class TokenStats(NamedTuple):
     rank: np.ndarray
 
 
-def merge3(m, s, w, m2, s2, w2):
-    """Merge (m, s, w) triples elementwise (see the module's notes): the CPU kernel's
-    ``merge3`` on arrays."""
-    big = np.maximum(m, m2)  # NaN stays NaN
-    with np.errstate(invalid="ignore", over="ignore"):
-        a = np.where(s > 0, np.exp(m - big), 0.0)  # s == 0: an empty part (m = -inf)
-        b = np.where(s2 > 0, np.exp(m2 - big), 0.0)
-        s_out = s * a + s2 * b
-        w_out = (np.where(s > 0, (w + s * (m - big)) * a, 0.0)
-                 + np.where(s2 > 0, (w2 + s2 * (m2 - big)) * b, 0.0))
-    return big, s_out, w_out
-
-
 def merge_partials(stats, ints, offsets=None):
     """Merge the partials of ``K`` column parts of the same rows: ``stats`` (N, K, 4) and
     ``ints`` (N, K, 2), part ``k`` starting at column ``offsets[k]`` (its argmax is shifted by
@@ -72,7 +58,7 @@ def merge_partials(stats, ints, offsets=None):
         with np.errstate(invalid="ignore"):
             take = (m2 > m) | (np.isnan(m2) & ~np.isnan(m))  # the first NaN, as np.argmax
         arg = np.where(take, ints[:, j, 0] + off[j], arg)
-        m, s, w = merge3(m, s, w, m2, s2, w2)
+        m, s, w = merge_rows(m, s, w, *(np.ascontiguousarray(a) for a in (m2, s2, w2)))
     yt = stats[:, :, 3]
     present = ~np.isnan(yt)
     first = np.argmax(present, axis=1)

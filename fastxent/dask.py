@@ -27,7 +27,8 @@ import numpy as np
 
 from . import _checks, _dispatch, _dtypes
 from ._evaluator import Evaluator
-from ._tokens import ABSENT, IGNORED, TokenStats, finish, merge_partials
+from ._tokens import TokenStats, finish, merge_partials
+from .kernels.codes import ABSENT, IGNORED
 
 __all__ = ["evaluate", "from_npy", "token_stats"]
 

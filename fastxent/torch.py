@@ -39,18 +39,6 @@ __all__ = ["BCELoss", "BCEWithLogitsLoss", "CrossEntropyLoss", "LinearCrossEntro
            "binary_cross_entropy", "binary_cross_entropy_with_logits", "cross_entropy",
            "cross_entropy_from_probs", "entropy", "kl_divergence", "linear_cross_entropy"]
 
-_REDUCTIONS = ("mean", "sum", "none")
-
-
-def _legacy_reduction(size_average, reduce):
-    """PyTorch's rule for the deprecated ``size_average`` / ``reduce`` arguments."""
-    size_average = True if size_average is None else size_average
-    reduce = True if reduce is None else reduce
-    if size_average and reduce:
-        return "mean"
-    return "sum" if reduce else "none"
-
-
 def _call(fn, logits, targets, weight, loss_dtype, parts, **options):
     """``fn``, fastxent's cross-entropy (or its fused form, with ``options`` for it), on
     tensors: ``(loss, z-loss term, lse)`` in ``loss_dtype`` (None: the logits' dtype) on the
@@ -266,9 +254,7 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
     >>> round(z.item(), 6)  # 1e-4 · lse²
     0.000584
     """
-    if size_average is not None or reduce is not None:
-        reduction = _legacy_reduction(size_average, reduce)
-    reduction = _checks.reduction(reduction)
+    reduction = _checks.reduction(reduction, size_average, reduce)
     if not isinstance(input, torch.Tensor) or not isinstance(target, torch.Tensor):
         raise TypeError("input and target must be tensors, got "
                         f"{type(input).__name__} and {type(target).__name__}")
@@ -332,8 +318,7 @@ class CrossEntropyLoss(torch.nn.Module):
                  inplace_backward=False, return_z_loss=False, return_lse=False,
                  loss_dtype=None):
         super().__init__()
-        if size_average is not None or reduce is not None:
-            reduction = _legacy_reduction(size_average, reduce)
+        reduction = _checks.reduction(reduction, size_average, reduce)
         self.register_buffer("weight", weight)
         self.ignore_index = ignore_index
         self.reduction = reduction
@@ -414,11 +399,7 @@ def binary_cross_entropy_with_logits(input, target, weight=None, size_average=No
     >>> x.grad
     tensor([[-0.0397,  0.0896, -0.1667]])
     """
-    if size_average is not None or reduce is not None:
-        reduction = _legacy_reduction(size_average, reduce)
-    if reduction not in _REDUCTIONS:
-        raise ValueError(f"reduction={reduction!r} is not one of "
-                         f"{', '.join(map(repr, _REDUCTIONS))}")
+    reduction = _checks.reduction(reduction, size_average, reduce)
     for name, t in (("target", target), ("weight", weight), ("pos_weight", pos_weight)):
         if isinstance(t, torch.Tensor) and t.requires_grad:
             raise RuntimeError(f"fastxent.torch.binary_cross_entropy_with_logits differentiates "
@@ -442,8 +423,7 @@ class BCEWithLogitsLoss(torch.nn.Module):
     def __init__(self, weight=None, size_average=None, reduce=None, reduction="mean",
                  pos_weight=None):
         super().__init__()
-        if size_average is not None or reduce is not None:
-            reduction = _legacy_reduction(size_average, reduce)
+        reduction = _checks.reduction(reduction, size_average, reduce)
         self.register_buffer("weight", weight)
         self.register_buffer("pos_weight", pos_weight)
         self.reduction = reduction
@@ -493,11 +473,7 @@ def binary_cross_entropy(input, target, weight=None, size_average=None, reduce=N
     >>> p.grad
     tensor([-0.1852,  0.1852, -0.2083, -0.2381,  0.2083, -0.1852])
     """
-    if size_average is not None or reduce is not None:
-        reduction = _legacy_reduction(size_average, reduce)
-    if reduction not in _REDUCTIONS:
-        raise ValueError(f"reduction={reduction!r} is not one of "
-                         f"{', '.join(map(repr, _REDUCTIONS))}")
+    reduction = _checks.reduction(reduction, size_average, reduce)
     for name, t in (("target", target), ("weight", weight)):
         if isinstance(t, torch.Tensor) and t.requires_grad:
             raise RuntimeError(f"fastxent.torch.binary_cross_entropy differentiates with respect "
@@ -511,8 +487,7 @@ class BCELoss(torch.nn.Module):
 
     def __init__(self, weight=None, size_average=None, reduce=None, reduction="mean"):
         super().__init__()
-        if size_average is not None or reduce is not None:
-            reduction = _legacy_reduction(size_average, reduce)
+        reduction = _checks.reduction(reduction, size_average, reduce)
         self.register_buffer("weight", weight)
         self.reduction = reduction
 

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 import fastxent as fx
 from fastxent import _tokens
+from fastxent.kernels.codes import ABSENT, IGNORED
 from conftest import (BACKENDS, BF16, DTYPES, F16, F32, F64, dtype_id, log_softmax64,
                       random_logits, random_targets, to64)
 
@@ -121,17 +122,17 @@ def test_vocabulary_shards_merge_to_the_whole(rng):
     x = random_logits(rng, (40, 1000), F32)
     x[3, [10, 500]] = 30.0  # a tie across shards
     t = random_targets(rng, (40,), 1000, ignore_index=-100)
-    codes = np.where(t < 0, _tokens.IGNORED, t)
+    codes = np.where(t < 0, IGNORED, t)
     edges = [0, 300, 301, 777, 1000]
     parts, counts = [], []
     for lo, hi in zip(edges[:-1], edges[1:]):
         local = np.where((codes >= lo) & (codes < hi), codes - lo,
-                         np.where(codes == _tokens.IGNORED, _tokens.IGNORED, _tokens.ABSENT))
+                         np.where(codes == IGNORED, IGNORED, ABSENT))
         parts.append(cpu.token_partials(np.ascontiguousarray(x[:, lo:hi]), local))
     stats, ints = _tokens.merge_partials(np.stack([p[0] for p in parts], 1),
                                          np.stack([p[1] for p in parts], 1), edges[:-1])
     for lo, hi in zip(edges[:-1], edges[1:]):
-        local = np.where(codes == _tokens.IGNORED, _tokens.IGNORED, _tokens.ABSENT)
+        local = np.where(codes == IGNORED, IGNORED, ABSENT)
         counts.append(cpu.token_partials(np.ascontiguousarray(x[:, lo:hi]), local, stats[:, 3])[1])
     ints[:, 1] = np.sum([c[:, 1] for c in counts], axis=0)
     got = fx.TokenStats(*_tokens.finish(stats, ints, t < 0))

@@ -17,10 +17,10 @@ from ._cuda_kernels import _DEVICE, cuda
 from ._lanes import compute as as_compute
 from ._lanes import decode as load
 from ._lanes import encode as store
+from .codes import BINARY_LOGITS, BINARY_PROBS, CATEGORICAL
 
 THREADS = 256  # shared slots: the most threads per block (``config.CUDA_TOKEN_THREADS``)
 BLOCKS_PER_SM = 8
-LOGITS, PROBS, CATEGORICAL = 0, 1, 2
 
 
 @cuda.jit(**_DEVICE)
@@ -63,10 +63,10 @@ def _logs(p, eps, one):
 def _term(kind, x, y, pw, eps, one):
     """(loss, derivative, inputs in range) of one element (see ``cpu_binary._term``)."""
     zero = one - one
-    if kind == LOGITS:
+    if kind == BINARY_LOGITS:
         loss, d = _logit_term(x, y, pw, one)
         return loss, d, y >= zero and y <= one
-    if kind == PROBS:
+    if kind == BINARY_PROBS:
         ok = x >= zero and x <= one and y >= zero and y <= one
         if not ok:
             return zero, zero, False

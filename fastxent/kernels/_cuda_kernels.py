@@ -15,21 +15,21 @@ import numba_cuda  # noqa: E402, F401  (the maintained CUDA target, not numba's 
 from numba import config as _numba_config  # noqa: E402  (after the compatibility shim)
 from numba import cuda  # noqa: E402
 
-from ._groups import group_merge, merge  # noqa: E402
+from ._groups import group_merge  # noqa: E402
+from ._groups import merge as merge_partials  # noqa: E402
 from ._lanes import compute as as_compute  # noqa: E402
 from ._lanes import decode as load  # noqa: E402
 from ._lanes import empty_word, get, lanes, lowest, put  # noqa: E402
 from ._lanes import encode as store  # noqa: E402
+
+from .codes import INDEX, MEAN, PROBS  # noqa: E402
+from .formulas import cap, capped, coefficients, merge, row_loss, softmax_factor  # noqa: E402
 
 SIMULATED = bool(_numba_config.ENABLE_CUDASIM)
 
 # Device functions are inlined into the kernels (the simulator runs them as Python).
 _DEVICE = dict(device=True) if SIMULATED else dict(device=True, forceinline=True)
 
-# kinds of targets
-NO_TARGETS, INDEX, PROBS = 0, 1, 2
-# reductions
-NONE, SUM, MEAN = 0, 1, 2
 
 REDUCE_SLOTS = 1024  # shared slots of the one-block reductions (launched with up to this many)
 
@@ -45,30 +45,16 @@ def _log(s):
 
 @cuda.jit(**_DEVICE)
 def _capped(y, capc):
-    return y if capc <= 0 else capc * math.tanh(y / capc)
-
-
-@cuda.jit(**_DEVICE)
-def _capped_and_slope(x, capc, one):
-    """``(c·tanh(x/c), sech²(x/c))`` with the slope as ``4e/(1+e)²``, ``e = exp(-2|x/c|)``: it
-    keeps its relative precision where the cap saturates, which ``1 - (y/c)²`` from the rounded
-    capped value ``y`` does not."""
-    u = x / capc
-    e = math.exp(-2 * abs(u))
-    return capc * math.tanh(u), 4 * e / ((one + e) * (one + e))
+    """The soft-capped logit (``capc`` 0: no cap)."""
+    return y if capc <= 0 else cap(y, capc)
 
 
 @cuda.jit(**_DEVICE)
 def _visit(y, col, base, m, s, a, b, c, capc, one, pe, kind, w, weighted, want_sy, like):
-    """Adds element ``col`` (value ``y``) of a row to a thread's partial statistics."""
+    """Adds element ``col`` (value ``y``) of a row to a thread's partial statistics: the
+    part ``(y, 1)`` merged into ``(m, s)``."""
     y = _capped(y, capc)
-    if y > m:
-        s = s * math.exp(m - y) + one
-        m = y
-    elif y == m:  # also two infinities, whose difference would be NaN
-        s += one
-    else:
-        s += math.exp(y - m)
+    m, s, _ = merge(m, s, one - one, y, one, one - one)
     if kind == PROBS or want_sy:
         wj = as_compute(w[col], like) if weighted else one
         if kind == PROBS:
@@ -95,7 +81,7 @@ def _gradient(y, col, base, t, m, scl, c0, c1, zero_row, capc, one, pe, kind, w,
         return one - one
     slope = one
     if capc > 0:
-        y, slope = _capped_and_slope(y, capc, one)
+        y, slope = capped(y, capc, one)
     g = math.exp(y - m) * scl
     if kind == PROBS or c1 != 0 or col == t:
         wj = as_compute(w[col], like) if weighted else one
@@ -226,15 +212,8 @@ def _coefficients(row, counted, red, go, go_rows, per_row_go, totals, eps, z, v,
     if red == MEAN:
         sc = _div(up, totals[1])
         sz = _div(up, totals[0])
-    c0 = sc * (1.0 - eps)
-    c1 = sc * eps / v
-    big_a = c0 * swq + c1 * totals[2]
-    if z != 0:  # (a negative z: a coefficient rescaled by negative class weights)
-        big_a += sz * 2.0 * z * lse
-    scl = _div(big_a, s)
-    if lse == math.inf:  # as PyTorch: a row holding +inf has a NaN gradient
-        scl = math.nan
-    return c0, c1, scl
+    c0, c1, c2 = coefficients(sc, sz, eps, z, v)
+    return c0, c1, _div(softmax_factor(c0, c1, c2, swq, totals[2], lse), s)
 
 
 @cuda.jit(**_DEVICE)
@@ -245,18 +224,6 @@ def _div(a, b):
     if a == 0 or a != a:
         return math.nan
     return math.inf if a > 0 else -math.inf
-
-
-@cuda.jit(**_DEVICE)
-def _row_loss(lse, swqy, swq, swy, eps, z, v, wsum):
-    """The loss of one counted row from its statistics, as ``fastxent._api._loss``."""
-    ce = (1.0 - eps) * (lse * swq - swqy)
-    if eps > 0:
-        ce += eps / v * (lse * wsum - swy)
-    if lse == math.inf:  # PyTorch's log_softmax is NaN for a row holding +inf
-        ce = math.nan
-    zt = z * lse * lse if z != 0 else 0.0
-    return ce, zt
 
 
 @cuda.jit(**_DEVICE)
@@ -333,7 +300,7 @@ def _finish_row(row, counted, lse, swqy, swq, swy, eps, z, v, wsum, stats, losse
     if write_loss:
         loss = 0.0
         if counted:
-            ce, zt = _row_loss(lse, swqy, swq, swy, eps, z, v, wsum)
+            ce, zt = row_loss(lse, swqy, swq, swy, eps, z, v, wsum)
             loss = ce + zt
         losses[row] = loss
 
@@ -445,8 +412,8 @@ def merge_kernel(xe, n, v, splits, kind, targets, ignore, w, weighted, cap, eps,
     b = parts[row, 0, 3]
     c = parts[row, 0, 4]
     for k in range(1, splits):
-        m, s, a, b, c = merge(m, s, a, b, c, parts[row, k, 0], parts[row, k, 1], parts[row, k, 2],
-                              parts[row, k, 3], parts[row, k, 4])
+        m, s, a, b, c = merge_partials(m, s, a, b, c, parts[row, k, 0], parts[row, k, 1],
+                                       parts[row, k, 2], parts[row, k, 3], parts[row, k, 4])
     tw, ty = _target_terms(xe, w, weighted, t, row * v, as_compute(cap, xe), counted)
     rowms[row, 0] = m
     rowms[row, 1] = s
@@ -484,7 +451,7 @@ def reduce_kernel(stats, n, v, eps, z, red, totals, out):
     ce_sum = np.float64(0.0)
     zt_sum = np.float64(0.0)
     for r in range(t, n, nt):
-        ce, zt = _row_loss(stats[r, 0], stats[r, 1], stats[r, 2], stats[r, 3], eps, z, v, wsum)
+        ce, zt = row_loss(stats[r, 0], stats[r, 1], stats[r, 2], stats[r, 3], eps, z, v, wsum)
         ce_sum += ce
         zt_sum += zt
     ce_sum = _block_reduce(ce_sum, False)

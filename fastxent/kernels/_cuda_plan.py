@@ -7,10 +7,9 @@ PTX tests compile every kernel for exactly the argument types these launches pas
 import numpy as np
 
 from .. import config
-from ._cuda_kernels import INDEX, MEAN, NO_TARGETS, NONE, PROBS, SUM
+from .codes import INDEX, NO_TARGETS, NONE, PROBS, REDUCTIONS
 from ._groups import WARP
 
-REDUCTIONS = {"none": NONE, "sum": SUM, "mean": MEAN}
 __all__ = ["INDEX", "PROBS", "REDUCTIONS", "call", "grid", "lse_call", "splits", "words"]
 
 

@@ -15,54 +15,34 @@ import numpy as np
 from ._cuda_kernels import _DEVICE, cuda
 from ._lanes import compute as as_compute
 from ._lanes import decode as load
+from .codes import IGNORED
+from .formulas import merge
 
 THREADS = 256  # shared slots: the most threads per block (``config.CUDA_TOKEN_THREADS``)
 BLOCKS_PER_SM = 8  # resident blocks aimed for per multiprocessor (blocks loop over rows)
-IGNORED = -2
 _NO_COLUMN = np.int64(2**62)
 
 
 @cuda.jit(**_DEVICE)
 def _visit(y, col, m, s, w, arg, nan_col, one):
-    """Adds element ``col`` (value ``y``, compute type) to a thread's partials."""
+    """Adds element ``col`` (value ``y``, compute type) to a thread's partials: the part
+    ``(y, 1, 0)`` merged in, its column kept when it is a new maximum, the first NaN's column."""
     if y != y:
         if nan_col == _NO_COLUMN:
             nan_col = col
-    elif y > m:
-        if s == 0:  # the first element above -inf (earlier -inf elements weigh nothing)
-            s = one
-            w = one - one
-        else:
-            a = math.exp(m - y)
-            w = (w + s * (m - y)) * a
-            s = s * a + one
-        m = y
+        return m, s, w, arg, nan_col
+    if y > m:
         arg = col
-    elif y == m:
-        if y > -math.inf:  # (two +inf: their difference would be NaN)
-            s += one
-    else:
-        e = math.exp(y - m)
-        s += e
-        if e > 0:
-            w += e * (y - m)
+    m, s, w = merge(m, s, w, y, one, one - one)
     return m, s, w, arg, nan_col
 
 
 @cuda.jit(**_DEVICE)
 def _merge(m1, s1, w1, a1, m2, s2, w2, a2):
     """Merge two threads' partials (float64); on equal maxima the lower column wins."""
-    if s2 == 0:
-        return m1, s1, w1, a1
-    if s1 == 0:
-        return m2, s2, w2, a2
-    big = max(m1, m2)
-    d1 = 0.0 if m1 == big else m1 - big
-    d2 = 0.0 if m2 == big else m2 - big
-    e1 = math.exp(d1)
-    e2 = math.exp(d2)
     arg = a1 if m1 > m2 or (m1 == m2 and a1 < a2) else a2
-    return big, s1 * e1 + s2 * e2, (w1 + s1 * d1) * e1 + (w2 + s2 * d2) * e2, arg
+    big, s, w = merge(m1, s1, w1, m2, s2, w2)
+    return big, s, w, arg
 
 
 @cuda.jit

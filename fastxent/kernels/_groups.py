@@ -1,11 +1,9 @@
-"""The one reduction of the package, across the threads of a CUDA group (a warp or a whole block).
+"""The package's one reduction (``formulas.merge``) across the threads of a CUDA group (a warp or
+a whole block).
 
 A thread's partial statistics of a row are ``(m, s, a, b, c)``: a running maximum ``m``, the sum
-``s`` of ``exp(y - m)``, and three plain sums. Two partials merge as
-
-    M = max(m1, m2),  s = s1·exp(m1 - M) + s2·exp(m2 - M),  a = a1 + a2, …
-
-with ``exp(m - M)`` taken as 1 when ``m == M`` (so that two ``+inf`` maxima give 1, not NaN).
+``s`` of ``exp(y - m)``, and three plain sums. Two partials merge as ``formulas.merge`` says for
+``(m, s)``, and the plain sums add.
 
 :func:`group_merge` merges the partials of ``size`` consecutive threads (32, or the whole block)
 and hands every one of them the result. On a GPU it uses warp shuffles, then one slot of shared
@@ -15,9 +13,9 @@ merge in a fixed order, so results are deterministic. Every thread of the block 
 synchronises the block when ``size`` is larger than a warp, and always in the simulator).
 """
 
-import math
-
 from numba import config, cuda, float64
+
+from . import formulas
 
 WARP = 32
 _FULL = 0xFFFFFFFF
@@ -25,15 +23,10 @@ _MAX_THREADS = 1024
 
 
 @cuda.jit(device=True)
-def scale(m, big):
-    """exp(m - big) for m <= big, exactly 1 when they are equal (infinities included)."""
-    return 1.0 if m == big else math.exp(m - big)
-
-
-@cuda.jit(device=True)
 def merge(m1, s1, a1, b1, c1, m2, s2, a2, b2, c2):
-    big = max(m1, m2)
-    return big, s1 * scale(m1, big) + s2 * scale(m2, big), a1 + a2, b1 + b2, c1 + c2
+    """Two threads' partials merged: ``(m, s)`` by ``formulas.merge``, the plain sums added."""
+    big, s, _ = formulas.merge(m1, s1, s1 - s1, m2, s2, s2 - s2)
+    return big, s, a1 + a2, b1 + b2, c1 + c2
 
 
 @cuda.jit(device=True)

@@ -11,12 +11,9 @@ loop (see ``_numeric`` for ``exp``). The float32 versions here are branch-free:
   ``log z = k·ln2 + 2·atanh((m - 1)/(m + 1))`` (``|s| <= 0.172``, five terms) with ``ln 2`` split in
   two so that ``k·ln2`` is exact. Subnormals are scaled by 2²⁴ first; ``log 0 = -inf``,
   ``log inf = inf``, NaN and negative arguments give NaN.
-* ``softplus32(x) = log(1 + exp(x)) = max(x, 0) + log1p(exp(-|x|))``: the stable form.
 
 Measured against float64 (``tests/test_logs.py``): ``log32`` and ``log1p32`` within 2 float32 ulps
-over their ranges, ``softplus32`` within 3 where the result is a normal float32 (below 1.2e-38 it
-flushes to 0, as ``exp32`` does).
-``flog``, ``flog1p`` and ``fsoftplus`` pick them for float32 arguments and libm for float64.
+over their ranges. ``flog`` and ``flog1p`` pick them for float32 arguments and libm for float64.
 """
 
 import math
@@ -25,7 +22,7 @@ import numpy as np
 from numba import njit, types
 from numba.extending import overload
 
-from ._numeric import _f32_from_bits, _f32_to_bits, exp32
+from ._numeric import _f32_from_bits, _f32_to_bits
 
 _ONE = np.float32(1.0)
 _TWO = np.float32(2.0)
@@ -84,12 +81,6 @@ def log32(z):
     return np.float32(np.nan) if not z >= _ZERO else r
 
 
-@njit(fastmath={"contract"}, error_model="numpy")
-def softplus32(x):
-    """log(1 + exp(x)) for float32 ``x``, stably."""
-    return (x if x > _ZERO else _ZERO) + log1p32(exp32(-abs(x)))
-
-
 def flog(x):
     """log in the compute type: :func:`log32` for float32, libm for float64."""
     return math.log(x) if x > 0 else (-math.inf if x == 0 else math.nan)
@@ -98,11 +89,6 @@ def flog(x):
 def flog1p(x):
     """log(1 + x) in the compute type: :func:`log1p32` for float32 (``x`` in [-1/2, 1])."""
     return math.log1p(x)
-
-
-def fsoftplus(x):
-    """log(1 + exp(x)) in the compute type, stably."""
-    return max(x, 0.0) + math.log1p(math.exp(-abs(x)))
 
 
 def _choose(f32, f64):
@@ -123,5 +109,3 @@ def _log64(x):
 
 overload(flog, inline="always")(_choose(log32, _log64))
 overload(flog1p, inline="always")(_choose(log1p32, lambda x: math.log1p(x)))
-overload(fsoftplus, inline="always")(_choose(
-    softplus32, lambda x: (x if x > 0.0 else 0.0) + math.log1p(math.exp(-abs(x)))))

@@ -15,8 +15,9 @@
   NaN, which is harmless: the sum of exponentials that follows every maximum propagates it.
 * ``load`` / ``store`` decode and encode the storage views of ``fastxent._dtypes``: ``uint16`` holds
   bfloat16 bits, ``int16`` float16 bits; float32 and float64 pass through.
-* ``cap`` is the logit soft-cap ``c·tanh(x/c)``, the identity when the cap is None (decided at
-  compile time from the argument's type, so the common path carries no branch).
+* ``cap`` and ``cap_and_slope`` are the logit soft-cap of ``formulas.capped``, the identity when
+  the cap is None (decided at compile time from the argument's type, so the common path carries
+  no branch). ``capped_values`` and ``merge_rows`` run the shared formulas over host arrays.
 """
 
 import math
@@ -25,6 +26,9 @@ import numpy as np
 from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic, overload
+
+from . import formulas
+from .formulas import bf16_bits, capped, merge
 
 _F32 = ir.FloatType()
 _I32 = ir.IntType(32)
@@ -229,8 +233,7 @@ def store(g, dst):
     if dst.dtype == np.uint16:
         g = np.float32(g)
         bits = np.uint64(g.view(np.uint32))
-        rounded = np.uint16((bits + np.uint64(0x7FFF) + ((bits >> np.uint64(16)) & np.uint64(1)))
-                            >> np.uint64(16))
+        rounded = np.uint16(bf16_bits(bits))
         return _BF16_NAN if g != g else rounded
     if dst.dtype == np.int16:
         return np.float16(g).view(np.int16)
@@ -246,9 +249,7 @@ def store_impl(g, dst):
         def to_bf16(g, dst):
             g = np.float32(g)
             bits = _f32_to_bits(g)
-            # round to nearest even on the 16 bits that are dropped
-            rounded = np.uint16((bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1)))
-                                >> np.uint32(16))
+            rounded = np.uint16(bf16_bits(bits))
             return _BF16_NAN if g != g else rounded
         return to_bf16
     if like == types.int16:
@@ -263,29 +264,9 @@ def store_impl(g, dst):
 # --- options decided by type ---------------------------------------------------------------------
 
 
-def cap(y, c):
-    """Soft-cap ``c·tanh(y/c)``; identity when ``c`` is None."""
-    return y
-
-
-@overload(cap, inline="always")
-def _cap_impl(y, c):
-    if isinstance(c, types.NoneType):
-        return lambda y, c: y
-    if y == types.float32:
-        return lambda y, c: np.float32(c * math.tanh(y / c))
-    return lambda y, c: c * math.tanh(y / c)
-
-
 def cap_and_slope(x, c):
-    """``(cap(x, c), d cap/dx)`` from one tanh: the slope ``1 − tanh²(x/c)`` is taken from the
-    tanh in float64, before the capped value is rounded. Taken from a float32 capped value, the
-    slope loses its relative precision where the cap saturates (``1 − (y/c)²`` with ``y/c`` near
-    1: 5e-6 at ``x/c`` ≈ 2.5, which breaks the gradient's 1e-6 bound)."""
-    if c is None:
-        return x, 1.0
-    t = math.tanh(float(x) / c)
-    return type(x)(c * t), type(x)(1.0 - t * t)
+    """``(c·tanh(x/c), d/dx)`` (``formulas.capped``) in the compute type; ``(x, 1)`` when ``c``
+    is None."""
 
 
 @overload(cap_and_slope, inline="always")
@@ -294,34 +275,46 @@ def _cap_and_slope_impl(x, c):
         return lambda x, c: (x, np.float32(1.0))
     if x == types.float32:
         def capped32(x, c):
-            t = math.tanh(np.float64(x) / c)
-            return np.float32(c * t), np.float32(1.0 - t * t)
+            # in float64, then rounded once: the capped logit's error moves exp(y - lse) by as
+            # much, relative, so it is kept to half a float32 ulp
+            y, slope = capped(np.float64(x), np.float64(c), 1.0)
+            return np.float32(y), np.float32(slope)
         return capped32
-
-    def capped64(x, c):
-        t = math.tanh(x / c)
-        return c * t, 1.0 - t * t
-    return capped64
+    return lambda x, c: capped(x, np.float64(c), 1.0)
 
 
-def cap_slope(y, c):
-    """d cap(x)/dx written in terms of the capped value ``y``: ``1 - (y/c)^2``."""
-    return 1.0
+def cap(y, c):
+    """Soft-cap ``c·tanh(y/c)``; identity when ``c`` is None."""
 
 
-@overload(cap_slope, inline="always")
-def _cap_slope_impl(y, c):
+@overload(cap, inline="always")
+def _cap_impl(y, c):
     if isinstance(c, types.NoneType):
-        return lambda y, c: np.float32(1.0)
+        return lambda y, c: y
     if y == types.float32:
-        def slope(y, c):
-            u = y / np.float32(c)
-            return np.float32(1.0) - u * u
-    else:
-        def slope(y, c):
-            u = y / c
-            return 1.0 - u * u
-    return slope
+        return lambda y, c: np.float32(formulas.cap(np.float64(y), np.float64(c)))
+    return lambda y, c: formulas.cap(y, np.float64(c))
+
+
+@njit(cache=True)
+def capped_values(x, c):
+    """``c·tanh(x/c)`` of a 1-D float64 array (host arithmetic on the rows' target logits)."""
+    out = np.empty_like(x)
+    for i in range(x.shape[0]):
+        out[i] = formulas.cap(x[i], c)
+    return out
+
+
+@njit(cache=True)
+def merge_rows(m, s, w, m2, s2, w2):
+    """:func:`formulas.merge` of float64 arrays of parts, element by element (host merges: the
+    token statistics' vocabulary parts, the fused linear loss's class blocks; 1-D)."""
+    big = np.empty_like(m)
+    s_out = np.empty_like(s)
+    w_out = np.empty_like(w)
+    for i in range(m.shape[0]):
+        big[i], s_out[i], w_out[i] = merge(m[i], s[i], w[i], m2[i], s2[i], w2[i])
+    return big, s_out, w_out
 
 
 def weight_at(w, j):

@@ -25,8 +25,9 @@ from numba.extending import overload
 
 from .. import config
 from .._threading import ensure_threading_layer, parallel_guard
-from ._numeric import (as_compute, block_max, cap, cap_and_slope, cap_slope, exp_term, fexp, load,
-                       store, weight_at)
+from ._numeric import (as_compute, block_max, cap, cap_and_slope, exp_term, fexp, load, store,
+                       weight_at)
+from .formulas import merge, softmax_factor
 
 name = "cpu"
 
@@ -56,7 +57,8 @@ def _ignored_impl(t, r):
 
 
 def _target_terms(x, t, r, w, c):
-    """(y_t, w_t) of an integer target, else zeros."""
+    """(x_t, w_t) of an integer target (its logit before the soft-cap, in float64), else
+    zeros."""
 
 
 @overload(_target_terms, **_OVERLOAD)
@@ -66,7 +68,7 @@ def _target_terms_impl(x, t, r, w, c):
 
     def terms(x, t, r, w, c):
         j = t[r]
-        return np.float64(cap(load(x[r, j]), c)), np.float64(weight_at(w, j))
+        return np.float64(load(x[r, j])), np.float64(weight_at(w, j))
 
     return terms
 
@@ -129,16 +131,6 @@ def _q_at_impl(qs, j):
 # Segments are passed as 1-D slices and walked from index 0: Numba then knows the index is not
 # negative and emits no wrap-around select, which otherwise blocks vectorisation (measured: the
 # block maximum ran at 3.6 GB/s instead of memory speed when indexed as x[r, j] from j = lo).
-
-
-@njit(**_REDUCE)
-def _merge(m, s, m2, s2):
-    """Combine two (max, sum-exp) pairs: the one reduction of the package."""
-    if m2 > m:
-        return m2, s * math.exp(m - m2) + s2
-    if m2 == -np.inf:  # (also when m == -inf) s2 is 0, or NaN for a part that held a NaN
-        return m, s + s2
-    return m, s + s2 * math.exp(m2 - m)
 
 
 @njit(**_REDUCE)
@@ -212,7 +204,7 @@ def _segment_stats(x, q, r, lo, hi, w, c, want_sy, kept, bm):
                 sb = _block_sumexp(xs, mb, c)
             else:
                 sb = _keep_terms(xs, kept, b, e, mb)
-            m, s = _merge(m, s, np.float64(mb), np.float64(sb))
+            m, s, _ = merge(m, s, 0.0, np.float64(mb), np.float64(sb), 0.0)
         else:
             nan = _any_nan(xs)  # the maximum may have passed over a NaN among -inf
             if nan:
@@ -298,13 +290,14 @@ def _zero(gs):
 
 
 @njit(**_REDUCE)
-def _finish_row(st, r, yt, wt):
-    st[r, 2] += wt * yt
+def _finish_row(st, r, x, xt, wt, c):
+    """Adds the one-hot target's terms ``w_t·y_t`` and ``w_t`` to the row's sums."""
+    st[r, 2] += wt * np.float64(cap(as_compute(xt, x), c))
     st[r, 3] += wt
 
 
 @njit(**_REDUCE)
-def _row_grad(x, t, q, g, inplace, r, lo, hi, w, c, st, coef, w_sum, yt, wt, kept, bm):
+def _row_grad(x, t, q, g, inplace, r, lo, hi, w, c, st, coef, w_sum, xt, wt, kept, bm):
     """Write the gradient of row r over [lo, hi) from its finished statistics: from the terms
     kept by the statistics pass when ``kept`` is given (scaled block by block), else recomputed
     from the logits (soft-cap). ``inplace`` is True (``g`` is ``x``) or None."""
@@ -313,7 +306,7 @@ def _row_grad(x, t, q, g, inplace, r, lo, hi, w, c, st, coef, w_sum, yt, wt, kep
     lse = m64 + math.log(s)
     c0 = coef[r, 0]
     c1 = coef[r, 1]
-    a64 = c0 * st[r, 3] + c1 * w_sum + coef[r, 2] * lse
+    a64 = softmax_factor(c0, c1, coef[r, 2], st[r, 3], w_sum, lse)
     a = as_compute(a64, x)
     # exp(y - lse) as exp(y - m) / s: m is a logit value, so y - m loses nothing for large logits
     m = as_compute(m64, x)
@@ -337,9 +330,9 @@ def _row_grad(x, t, q, g, inplace, r, lo, hi, w, c, st, coef, w_sum, yt, wt, kep
     if t is not None:
         j = t[r]
         if lo <= j < hi:  # the one-hot term, written once (no double rounding in half precision)
-            y = as_compute(yt, x)
+            y, slope = cap_and_slope(as_compute(xt, x), c)
             gj = fexp(y - m) * inv_s * a - as_compute(wt * (c0 + c1), x)
-            g[r, j] = store(gj * cap_slope(y, c), g)
+            g[r, j] = store(gj * slope, g)
 
 
 def _scale_terms(gs, kept, lo, hi, qs, ws, scale, c0, c1):
@@ -409,7 +402,7 @@ def _rows(x, t, q, w, c, want_sy, coef, w_sum, g, inplace, st, keep, scratch, bm
             if g is not None:
                 _zero(g[r])
             continue
-        yt, wt = _target_terms(x, t, r, w, c)  # read before the terms may overwrite the row
+        xt, wt = _target_terms(x, t, r, w, c)  # read before the terms may overwrite the row
         kept = _kept_row(keep, scratch, get_thread_id())
         bmr = _bm_row(bm, r)
         m, s, sqy, sq, sy = _stats(x, q, r, 0, v, w, c, want_sy, g, inplace, kept, bmr)
@@ -418,9 +411,9 @@ def _rows(x, t, q, w, c, want_sy, coef, w_sum, g, inplace, st, keep, scratch, bm
         st[r, 2] = sqy
         st[r, 3] = sq
         st[r, 4] = sy
-        _finish_row(st, r, yt, wt)
+        _finish_row(st, r, x, xt, wt, c)
         if g is not None:
-            _row_grad(x, t, q, g, inplace, r, 0, v, w, c, st, coef, w_sum, yt, wt, kept, bmr)
+            _row_grad(x, t, q, g, inplace, r, 0, v, w, c, st, coef, w_sum, xt, wt, kept, bmr)
 
 
 def _bm_row(bm, r):
@@ -443,8 +436,8 @@ def _chunks(x, t, q, w, c, want_sy, coef, w_sum, g, inplace, st, keep, scratch, 
     target = np.zeros((n, 2))
     for r in range(n):  # before the terms may overwrite the rows
         if not _ignored(t, r):
-            yt, wt = _target_terms(x, t, r, w, c)
-            target[r, 0] = yt
+            xt, wt = _target_terms(x, t, r, w, c)
+            target[r, 0] = xt
             target[r, 1] = wt
     for k in prange(n * nchunk):
         r = k // nchunk
@@ -467,7 +460,7 @@ def _chunks(x, t, q, w, c, want_sy, coef, w_sum, g, inplace, st, keep, scratch, 
         s = 0.0
         st[r, 2:] = 0.0
         for k in range(r * nchunk, (r + 1) * nchunk):
-            m, s = _merge(m, s, part[k, 0], part[k, 1])
+            m, s, _ = merge(m, s, 0.0, part[k, 0], part[k, 1], 0.0)
             st[r, 2] += part[k, 2]
             st[r, 3] += part[k, 3]
             st[r, 4] += part[k, 4]
@@ -477,7 +470,7 @@ def _chunks(x, t, q, w, c, want_sy, coef, w_sum, g, inplace, st, keep, scratch, 
             st[r, :] = 0.0
             st[r, 1] = 1.0
         else:
-            _finish_row(st, r, target[r, 0], target[r, 1])
+            _finish_row(st, r, x, target[r, 0], target[r, 1], c)
     if g is not None:
         for k in prange(n * nchunk):
             r = k // nchunk
@@ -548,9 +541,11 @@ _serial_kernels = {}
 def _serial(kernel):
     """The same kernel compiled without threads (``prange`` runs as ``range``), made on demand."""
     if kernel not in _serial_kernels:
-        # not cached: Numba's cache key ignores ``parallel``, so a cached serial twin would load
-        # the parallel machine code (and the parallel one the serial code)
-        flags = dict(_REDUCE, cache=False)
+        # the kernel's own flags (its module's fast-math and error model), without threads; not
+        # cached: Numba's cache key ignores ``parallel``, so a cached serial twin would load the
+        # parallel machine code (and the parallel one the serial code)
+        flags = {k: v for k, v in kernel.targetoptions.items() if k != "nopython"}
+        flags.update(parallel=False, cache=False)
         _serial_kernels[kernel] = njit(**flags)(kernel.py_func)
     return _serial_kernels[kernel]
 
@@ -594,10 +589,10 @@ def class_partials(x, weight, softcap, want_sy):
 
 
 @njit(**_PARALLEL)
-def _class_grad_rows(x, t, w, c, st, coef, w_sum, yt, wt):
+def _class_grad_rows(x, t, w, c, st, coef, w_sum, xt, wt):
     n, v = x.shape
     for r in prange(n):
-        _row_grad(x, t, None, x, True, r, 0, v, w, c, st, coef, w_sum, yt[r], wt[r], None, None)
+        _row_grad(x, t, None, x, True, r, 0, v, w, c, st, coef, w_sum, xt[r], wt[r], None, None)
 
 
 def class_grad(x, targets, weight, softcap, partials, coef, w_sum, target_terms):
@@ -608,11 +603,11 @@ def class_grad(x, targets, weight, softcap, partials, coef, w_sum, target_terms)
     st[:, 3] = target_terms[:, 1]  # Σ w·q of a one-hot target
     w = None if weight is None else np.ascontiguousarray(weight, dtype=_compute_dtype(x))
     c = None if softcap is None else float(softcap)
-    yt = np.ascontiguousarray(target_terms[:, 0])
+    xt = np.ascontiguousarray(target_terms[:, 0])
     wt = np.ascontiguousarray(target_terms[:, 1])
     with parallel_guard() as parallel:
         kernel = _class_grad_rows if parallel else _serial(_class_grad_rows)
-        kernel(x, targets, w, c, st, np.ascontiguousarray(coef), float(w_sum), yt, wt)
+        kernel(x, targets, w, c, st, np.ascontiguousarray(coef), float(w_sum), xt, wt)
 
 
 def token_partials(x, targets, thresholds=None):

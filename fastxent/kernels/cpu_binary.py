@@ -27,6 +27,7 @@ from numba.extending import overload
 
 from .._threading import parallel_guard
 from ._logs import flog, flog1p
+from .codes import BINARY_LOGITS, BINARY_PROBS, CATEGORICAL
 from ._numeric import as_compute, fexp as exp32_or_libm, load, store, weight_at
 from .cpu import _REDUCE, _part, _plan, _row_part, _serial
 
@@ -37,8 +38,6 @@ _PARALLEL = dict(_ELEMENT, parallel=True)
 # elements per float32 partial sum: 32 per SIMD lane, so that the sum of a task keeps float32
 # rounding far below 1e-6 relative (the loss is the sum itself, not its logarithm)
 _SUM = 256
-
-LOGITS, PROBS, CATEGORICAL = 0, 1, 2
 
 
 def _target(v, x):
@@ -216,7 +215,7 @@ def binary(kind, x, targets, weights=(None, None, None), pos_weight=None, eps=0.
     bad = np.zeros(n * nchunk, np.int64)
     with parallel_guard() as parallel:
         kernel = _tasks if parallel else _serial(_tasks)
-        c = {LOGITS: None, PROBS: float(eps), CATEGORICAL: (float(eps),)}[kind]
+        c = {BINARY_LOGITS: None, BINARY_PROBS: float(eps), CATEGORICAL: (float(eps),)}[kind]
         kernel(x, targets, *weights, pos_weight, c, losses, grad, *scale, nchunk, size, part,
                bad)
     return part.reshape(n, nchunk).sum(axis=1), int(bad.sum())
@@ -269,5 +268,5 @@ def outside(kind, x, targets):
     bad = np.zeros(n * nchunk, np.int64)
     with parallel_guard() as parallel:
         kernel = _outside if parallel else _serial(_outside)
-        kernel(x, x if kind == PROBS else None, targets, nchunk, size, bad)
+        kernel(x, x if kind == BINARY_PROBS else None, targets, nchunk, size, bad)
     return int(bad.sum())

@@ -21,7 +21,8 @@ from numba.extending import overload
 from .. import config
 from .._threading import parallel_guard
 from ._numeric import as_compute, block_max, fexp, load, store
-from .cpu import _REDUCE, _merge, _row_part, _serial
+from .cpu import _REDUCE, _row_part, _serial
+from .formulas import merge
 
 _PARALLEL = dict(_REDUCE, parallel=True)
 _BLOCK = config.BLOCK
@@ -82,19 +83,13 @@ def _rows(x, y, out):
                 d0 = np.float64(as_compute(d0, xs))  # exact in the compute type
             sbx, ab, sby = _block(xs, ys, _shift(bx, xs), _shift(by, ys), as_compute(d0, xs))
             if bx > -np.inf:
-                if bx > mx:
-                    scale = math.exp(mx - bx) if sx > 0 else 0.0
-                    a = a * scale + np.float64(ab)
-                    sx = sx * scale + np.float64(sbx)
-                    mx = np.float64(bx)
-                else:
-                    scale = math.exp(np.float64(bx) - mx)
-                    a += np.float64(ab) * scale
-                    sx += np.float64(sbx) * scale
+                # ``a`` rescales as ``sx`` does: merged in the sum's place, with the same maxima
+                _, a, _ = merge(mx, a, 0.0, np.float64(bx), np.float64(ab), 0.0)
+                mx, sx, _ = merge(mx, sx, 0.0, np.float64(bx), np.float64(sbx), 0.0)
             elif bx != bx:
                 sx = np.nan
             if by > -np.inf:
-                my, sy = _merge(my, sy, np.float64(by), np.float64(sby))
+                my, sy, _ = merge(my, sy, 0.0, np.float64(by), np.float64(sby), 0.0)
             elif by != by:
                 sy = np.nan
         lx = mx + math.log(sx) if sx > 0 else (-np.inf if sx == 0 else np.nan)

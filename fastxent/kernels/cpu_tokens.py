@@ -5,9 +5,8 @@ sums of ``e = exp(y - block max)`` and of ``e·(y - block max)`` (what the entro
 count of logits above the target's, merged into a running triple. The argmax is found by
 scanning a block only when its maximum beats the row's so far (a few blocks per row).
 
-The triple (m, s, w), with ``s = Σ exp(y - m)`` and ``w = Σ exp(y - m)·(y - m)``, merges as the
-package's one reduction extended by one sum: moving ``m`` to ``m' >= m`` scales ``s`` by
-``a = exp(m - m')`` and turns ``w`` into ``(w + s·(m - m'))·a``.
+The triple (m, s, w), with ``s = Σ exp(y - m)`` and ``w = Σ exp(y - m)·(y - m)``, merges with
+the package's one reduction, ``formulas.merge``.
 """
 
 import math
@@ -19,14 +18,13 @@ from .. import config
 from .._threading import parallel_guard
 from ._numeric import as_compute, block_max, exp_term, load
 from .cpu import _REDUCE, _any_nan, _plan, _serial  # the CPU kernels' flags and helpers
+from .codes import IGNORED
+from .formulas import merge
 
 _PARALLEL = dict(_REDUCE, parallel=True)
 _BLOCK = config.BLOCK
 _FLUSH = np.float32(-87.33654)  # below it exp_term gives ~1.2e-38: a clamp keeps e·d finite
 
-#: ``targets`` codes of the interface: the target is not among these columns, or the row is ignored
-ABSENT = -1
-IGNORED = -2
 
 
 @njit(**_REDUCE)
@@ -68,19 +66,6 @@ def _first(xs, value):
 
 
 @njit(**_REDUCE)
-def merge3(m, s, w, m2, s2, w2):
-    """Merge two (max, Σ exp(y - max), Σ exp(y - max)·(y - max)) triples, the second with a
-    finite or +inf maximum."""
-    if s == 0.0:  # nothing yet (m = -inf)
-        return m2, s2, w2
-    if m2 > m:
-        a = math.exp(m - m2)
-        return m2, s * a + s2, (w + s * (m - m2)) * a + w2
-    b = math.exp(m2 - m)
-    return m, s + s2 * b, w + (w2 + s2 * (m2 - m)) * b
-
-
-@njit(**_REDUCE)
 def _segment(x, r, lo, hi, counting, thr, stats, ints, k):
     """Partial statistics of x[r, lo:hi] into stats[k, :3] = [m, s, w] and ints[k] = [argmax
     (a column of x), count above ``thr``]."""
@@ -102,7 +87,7 @@ def _segment(x, r, lo, hi, counting, thr, stats, ints, k):
             if sb != sb and not nan and _any_nan(xs):
                 nan = True
                 arg = b + _first(xs, np.nan)
-            m, s, w = merge3(m, s, w, np.float64(mb), np.float64(sb), np.float64(wb))
+            m, s, w = merge(m, s, w, np.float64(mb), np.float64(sb), np.float64(wb))
         else:
             above += _count_above(xs, thr)  # (the thresholds' NaN when not counting: 0)
             if not nan and _any_nan(xs):  # the maximum may have passed over a NaN among -inf

@@ -44,7 +44,7 @@ def ensure_usable():
     if not cuda.is_available():
         raise ImportError("numba.cuda finds no usable GPU (no NVIDIA driver or device is visible)")
 
-INDEX, PROBS = _kernels.INDEX, _kernels.PROBS
+from .codes import INDEX, PROBS  # noqa: E402
 
 _dummies = {}
 _facts = {}

@@ -8,6 +8,7 @@ speed: each statistic is written the way the math reads.
 import numpy as np
 
 from .._dtypes import decode, encode_into
+from .codes import BINARY_LOGITS, BINARY_PROBS, CATEGORICAL
 
 name = "numpy"
 
@@ -121,8 +122,8 @@ def class_grad(x, targets, weight, softcap, partials, coef, w_sum, target_terms)
     """Write over ``x``, a block of classes of some rows, their gradient from the whole rows'
     statistics: ``partials`` (N, 2+) ``[m, s]`` merged over every block (``lse = m + log s``),
     ``coef`` (N, 3) as in ``rows``, ``w_sum`` the class weights' sum over all classes,
-    ``target_terms`` (N, 2) ``[y_t, w_t]`` of each row's (one-hot) target and ``targets`` its
-    column in this block (-1: in another block)::
+    ``target_terms`` (N, 2) ``[x_t, w_t]`` of each row's (one-hot) target (its logit before the
+    soft-cap, and its weight) and ``targets`` its column in this block (-1: in another block)::
 
         grad = (softmax(y)·(c0·w_t + c1·Σw + c2·lse) − c0·w·onehot − c1·w) · dy/dx
     """
@@ -214,7 +215,7 @@ def binary(kind, x, targets, weights=(None, None, None), pos_weight=None, eps=0.
         if ew is not None:
             w = w * np.asarray(ew[rws], dtype=np.float64)
         with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-            if kind == 0:
+            if kind == BINARY_LOGITS:
                 bad += int(np.count_nonzero(~((y >= 0) & (y <= 1))))
                 pw = 1.0 if pos_weight is None else np.asarray(pos_weight, dtype=np.float64)
                 lw = 1.0 + (pw - 1.0) * y
@@ -222,7 +223,7 @@ def binary(kind, x, targets, weights=(None, None, None), pos_weight=None, eps=0.
                 e = np.exp(-np.abs(a))
                 sig = np.where(a >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
                 d = lw * sig - pw * y
-            elif kind == 2:
+            elif kind == CATEGORICAL:
                 bad += int(np.count_nonzero(~((a >= 0) & (a <= 1) & (y >= 0))))
                 p = np.clip(a, eps, 1.0 - eps) if eps > 0 else a
                 log_p = np.log(p) if eps > 0 else np.maximum(np.log(p), -100.0)
@@ -266,7 +267,7 @@ def binary_outside(kind, x, targets):
         y = (np.asarray(targets[rws], dtype=np.float64) if targets.dtype.itemsize == 1
              else decode(targets[rws]))
         out = ~((y >= 0) & (y <= 1))
-        if kind == 1:
+        if kind == BINARY_PROBS:
             a = decode(x[rws])
             out |= ~((a >= 0) & (a <= 1))
         bad += int(np.count_nonzero(out))
