@@ -4,16 +4,17 @@ Numba-compiled kernels stream over the class axis with an online log-sum-exp, so
 gradient come out of one or two passes over the logits with no temporaries of their size.
 """
 
-from ._api import cross_entropy, cross_entropy_with_grad, logsumexp
-from ._evaluator import EvalResult, Evaluator, SequenceResult
-from ._family import (binary_cross_entropy, binary_cross_entropy_with_grad,
-                      binary_cross_entropy_with_logits,
-                      binary_cross_entropy_with_logits_with_grad, cross_entropy_from_probs,
-                      cross_entropy_from_probs_with_grad, entropy, entropy_with_grad,
-                      kl_divergence, kl_divergence_with_grad)
-from ._linear import linear_cross_entropy, linear_cross_entropy_with_grad
-from ._tokens import TokenStats, token_stats
-from ._threading import ensure_threading_layer as _ensure_threading_layer
+from .core.threads import ensure_threading_layer as _ensure_threading_layer
+from .evaluation.evaluator import EvalResult, Evaluator, SequenceResult
+from .losses.cross_entropy import (check_gpu_targets, cross_entropy, cross_entropy_with_grad,
+                                   logsumexp)
+from .losses.family import (binary_cross_entropy, binary_cross_entropy_with_grad,
+                            binary_cross_entropy_with_logits,
+                            binary_cross_entropy_with_logits_with_grad, cross_entropy_from_probs,
+                            cross_entropy_from_probs_with_grad, entropy, entropy_with_grad,
+                            kl_divergence, kl_divergence_with_grad)
+from .losses.linear import linear_cross_entropy, linear_cross_entropy_with_grad
+from .losses.tokens import TokenStats, token_stats
 
 # Before anything else starts Numba's threads (see docs/threading.md): a later call of, say,
 # numba.get_num_threads() would otherwise start them on GNU OpenMP, which forked children
@@ -22,7 +23,8 @@ _ensure_threading_layer()
 
 __version__ = "0.1.0"
 
-__all__ = ["cross_entropy", "cross_entropy_with_grad", "logsumexp", "token_stats", "TokenStats",
+__all__ = ["cross_entropy", "cross_entropy_with_grad", "logsumexp", "check_gpu_targets",
+           "token_stats", "TokenStats",
            "Evaluator", "EvalResult", "SequenceResult", "binary_cross_entropy",
            "binary_cross_entropy_with_grad",
            "binary_cross_entropy_with_logits", "binary_cross_entropy_with_logits_with_grad",

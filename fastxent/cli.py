@@ -1,6 +1,6 @@
 """The ``fastxent`` command: ``fastxent info`` describes the installation, ``fastxent bench``
 runs the benchmark (its logic lives in :mod:`fastxent.bench`), ``fastxent eval`` evaluates saved
-logits (:mod:`fastxent._eval_cli`).
+logits (:mod:`fastxent.evaluation.command`).
 
 Heavy imports (torch, the benchmark's peers) happen inside the subcommands, so ``fastxent --help``
 stays instant.
@@ -25,7 +25,7 @@ def collect_info():
         ({name: True or why it cannot be used}), ``cpu`` (model, counts, SIMD flags) and
         ``numba`` (threads, threading layer once started, SVML).
     """
-    from . import _dispatch
+    from .dispatch import backends as _dispatch
 
     return {
         "versions": bench.versions(),
@@ -80,7 +80,7 @@ def build_parser():
                             "stderr, the Markdown tables to stdout.")
     bench.add_arguments(timing)
     timing.set_defaults(handler=lambda args, _top, p=timing: bench.run_from_args(args, p))
-    from . import _eval_cli
+    from .evaluation import command as _eval_cli
     evaluate = sub.add_parser("eval", help="perplexity, accuracy and entropy of saved logits",
                               description=_eval_cli.__doc__.split("\n\n")[0])
     _eval_cli.add_arguments(evaluate)

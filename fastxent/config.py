@@ -20,7 +20,7 @@ TASKS_PER_THREAD = 4
 #: a few microseconds, about the time to stream that much).
 MIN_CHUNK = 8 * BLOCK
 
-# --- CUDA backend (chosen from the H100 measurements in DESIGN.md; not tuned on a GPU yet) -------
+# --- CUDA backend (from H100 measurements, docs/performance-notes.md; not tuned on a GPU yet) ---
 
 #: Rows of at most this many bytes are each handled by one warp (several rows per block); longer
 #: rows by a whole block.

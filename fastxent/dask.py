@@ -3,7 +3,7 @@
 Each chunk's kernel returns partial statistics (maximum, sum of exponentials, the sum the
 entropy needs, the target's logit when the target falls in the chunk's columns, the argmax);
 the partials of a row's vocabulary chunks merge with the package's one log-sum-exp reduction
-(:func:`fastxent._tokens.merge_partials`), which is how logits sharded over the vocabulary by
+(:func:`fastxent.core.partials.merge_partials`), which is how logits sharded over the vocabulary by
 tensor parallelism come together. The target's rank needs the target's logit before it can
 count the logits above it, so chunks that split the vocabulary are read twice (once for the
 partials, once to count); chunks that hold whole rows are read once.
@@ -25,10 +25,13 @@ import dask
 import dask.array as da
 import numpy as np
 
-from . import _checks, _dispatch, _dtypes
-from ._evaluator import Evaluator
-from ._tokens import TokenStats, finish, merge_partials
-from .kernels.codes import ABSENT, IGNORED
+from .core import dtypes as _dtypes
+from .core.codes import ABSENT, IGNORED
+from .core.partials import finish, merge_partials
+from .dispatch import backends as _dispatch
+from .dispatch import checks as _checks
+from .evaluation.evaluator import Evaluator
+from .losses.tokens import TokenStats
 
 __all__ = ["evaluate", "from_npy", "token_stats"]
 
@@ -37,7 +40,7 @@ _PARTS = 6  # [m, s, w, y_t, argmax, above] per row, float64 (integers exact bel
 
 def _codes(t, col0, width, n_classes, ignore_index, *, absent=False):
     """Target codes of the backends for the columns ``col0:col0 + width`` (see
-    ``fastxent._tokens``), after checking the range of the global targets."""
+    ``fastxent.losses.tokens``), after checking the range of the global targets."""
     valid = t != ignore_index
     bad = valid & ((t < 0) | (t >= n_classes))
     if bad.any():

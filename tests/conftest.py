@@ -1,5 +1,5 @@
 """Shared helpers: input generators, an independent float64 oracle, and comparisons at the
-tolerances of DESIGN.md ("Contracts that tests must pin down").
+tolerances of docs/design.md#exactness.
 
 The oracle is written from the definitions (PyTorch's ``F.cross_entropy`` plus the z-loss and
 soft-cap conventions), with a full ``log_softmax`` array, and shares no code with

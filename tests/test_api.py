@@ -1,5 +1,6 @@
-"""fastxent._api: every option and dtype against the float64 oracle (conftest.oracle) and against
-backend="numpy", for the "cpu" and "numpy" backends, at the tolerances of DESIGN.md.
+"""fastxent.losses.cross_entropy: every option and dtype against the float64 oracle
+(conftest.oracle) and against backend="numpy", for the "cpu" and "numpy" backends, at the
+tolerances of docs/design.md#exactness.
 
 Compilation is the cost here (one Numba compilation per combination of logits dtype, targets kind,
 weight, soft-cap, forward/fused and row/chunk path), so the full option matrix runs on float32
@@ -11,15 +12,15 @@ import math
 import numpy as np
 import pytest
 import scipy.special
+from conftest import (BACKENDS, BF16, F16, F32, F64, ROUNDING, assert_fused_matches_oracle,
+                      assert_grad_close, assert_loss_close, bits, dtype_id, oracle, random_logits,
+                      random_probs, random_targets, random_weight, to64)
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import fastxent as fx
 from fastxent import config
 from fastxent.kernels import cpu as cpu_backend
-from conftest import (BACKENDS, BF16, F16, F32, F64, ROUNDING, assert_fused_matches_oracle,
-                      assert_grad_close, assert_loss_close, bits, dtype_id, oracle, random_logits,
-                      random_probs, random_targets, random_weight, to64)
 
 # More than one BLOCK per row, so the streaming merge of blocks runs in every test.
 N, V = 9, config.BLOCK + 77
@@ -642,7 +643,7 @@ def test_deterministic(rng, dtype, shape):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("shape", [(16, 3000), (4, 262144)], ids=["rows", "256K"])
 def test_extreme_logits(rng, backend, shape):
-    """|logits| up to 1e4 in float32 (DESIGN.md's exactness contract), V up to 256K."""
+    """|logits| up to 1e4 in float32 (docs/design.md#exactness), V up to 256K."""
     logits = rng.uniform(-1e4, 1e4, shape).astype(F32)
     targets = random_targets(rng, shape[:1], shape[1])
     logits[0, targets[0]] = 1e4  # a target that is the maximum: a loss near 0
@@ -657,7 +658,7 @@ def test_extreme_logits(rng, backend, shape):
 def test_chunked_path(rng, n_rows):
     """Few rows and a large vocabulary: rows are cut into chunks whose partials are merged."""
     v = 3 * config.MIN_CHUNK + 1234
-    assert cpu_backend._plan(n_rows, v)[0] > 1, "this shape should take the chunked path"
+    assert cpu_backend.common.plan(n_rows, v)[0] > 1, "this shape should take the chunked path"
     logits = random_logits(rng, (n_rows, v), F32)
     targets = random_targets(rng, (n_rows,), v)
     targets[0] = v - 1  # in the last, partial chunk
@@ -692,7 +693,7 @@ def test_chunked_path(rng, n_rows):
 def test_chunked_path_non_finite():
     """Masked (-inf) chunks, a NaN row and an ignored NaN row in the chunked path."""
     v = 3 * config.MIN_CHUNK + 1234
-    n_chunks, size = cpu_backend._plan(3, v)
+    n_chunks, size = cpu_backend.common.plan(3, v)
     assert n_chunks > 1
     logits = np.linspace(-5, 5, 3 * v).astype(F32).reshape(3, v)
     targets = np.array([v - 1, 3, -100])
@@ -714,7 +715,7 @@ def test_chunked_path_nan_chunk():
     partial whose max was -inf, dropping the NaN.
     """
     v = 3 * config.MIN_CHUNK + 1234
-    n_chunks, size = cpu_backend._plan(1, v)
+    n_chunks, size = cpu_backend.common.plan(1, v)
     assert n_chunks > 1
     logits = np.zeros((1, v), F32)
     logits[0, :size] = np.nan

@@ -1,11 +1,11 @@
-"""fastxent._checks: every bad input gets a clear error that names the argument, raised before
-any work is done (so the logits are never half-overwritten by a failing in-place call)."""
+"""fastxent.dispatch.checks: every bad input gets a clear error that names the argument, raised
+before any work is done (so the logits are never half-overwritten by a failing in-place call)."""
 
 import numpy as np
 import pytest
+from conftest import BACKENDS, BF16, F32
 
 import fastxent as fx
-from conftest import BACKENDS, BF16, F32
 
 LOGITS = np.zeros((4, 5), F32)
 TARGETS = np.array([0, 1, 2, 3])

@@ -10,8 +10,8 @@ import llvmlite.binding as ll
 import pytest
 from numba import njit, types
 
-from fastxent.kernels import cpu
-from fastxent.kernels._numeric import block_max
+from fastxent.kernels.cpu import common, softmax
+from fastxent.kernels.cpu.numeric import block_max
 
 pytestmark = pytest.mark.skipif(
     not {"avx2", "fma"} <= {k for k, v in ll.get_host_cpu_features().items() if v},
@@ -23,7 +23,7 @@ SEG = types.Array(F32, 1, "C")
 
 
 def _asm(kernel, signature):
-    fresh = njit(**dict(cpu._REDUCE, cache=False))(kernel.py_func)
+    fresh = njit(**dict(common.REDUCE, cache=False))(kernel.py_func)
     fresh.compile(signature)
     return fresh.inspect_asm(signature)
 
@@ -46,7 +46,7 @@ def test_block_max_is_a_packed_integer_max_and_min(storage):
 
 
 def test_exp_sum_is_packed_fma_and_calls_no_libm_exp():
-    asm = _asm(cpu._block_sumexp, (SEG, F32, types.none))
+    asm = _asm(softmax._block_sumexp, (SEG, F32, types.none))
     assert _packed(asm, r"vfmadd\d{3}ps"), "the polynomial of exp32 is not vectorised"
     assert _packed(asm, "vpslld"), "the exponent is not assembled with a packed shift"
     assert not re.search(r"call[^\n]*exp", asm), "a scalar exp call is left in the loop"
@@ -56,7 +56,7 @@ def test_exp_sum_is_packed_fma_and_calls_no_libm_exp():
 def test_gradient_write_is_packed(inplace):
     dst = types.none if inplace else SEG
     sig = (SEG, dst, types.none, types.none, F32, F32, F32, F32, F32, types.none)
-    asm = _asm(cpu._segment_grad, sig)
+    asm = _asm(softmax._segment_grad, sig)
     assert _packed(asm, r"vfmadd\d{3}ps")
     assert _packed(asm, "vmovups")
 
@@ -65,7 +65,7 @@ def test_gradient_write_is_packed(inplace):
 def test_kept_exp_sum_is_packed(inplace):
     """The fused kernel's statistics pass: exp-sum that also writes each term."""
     dst = types.none if inplace else SEG
-    asm = _asm(cpu._block_sumexp_kept, (SEG, dst, F32))
+    asm = _asm(softmax._block_sumexp_kept, (SEG, dst, F32))
     assert _packed(asm, r"vfmadd\d{3}ps")
     assert _packed(asm, "vmovups")
     assert not re.search(r"call[^\n]*exp", asm)
@@ -79,5 +79,5 @@ def test_gradient_scaling_of_kept_terms_is_packed(terms):
         sig = (SEG, types.none, types.none, types.none, F32, F32, F32)
     else:
         sig = (types.Array(types.uint16, 1, "C"), SEG, types.none, types.none, F32, F32, F32)
-    asm = _asm(cpu._segment_scale, sig)
+    asm = _asm(softmax._segment_scale, sig)
     assert _packed(asm, r"v(fmadd|fmsub|mul)\w*ps")

@@ -15,14 +15,14 @@ import os
 
 import numpy as np
 import pytest
+from conftest import (BF16, DTYPES, F16, F32, F64, ROUNDING, assert_fused_matches_oracle,
+                      assert_grad_close, assert_loss_close, bits, dtype_id, oracle, random_logits,
+                      random_probs, random_targets, random_weight, to64)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fastxent as fx
 from fastxent import config
-from conftest import (BF16, DTYPES, F16, F32, F64, ROUNDING, assert_fused_matches_oracle,
-                      assert_grad_close, assert_loss_close, bits, dtype_id, oracle, random_logits,
-                      random_probs, random_targets, random_weight, to64)
 
 SIMULATED = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
 #: Where these tests must run: in the simulator, or where the NVIDIA driver shows a GPU (Linux).
@@ -117,7 +117,7 @@ def test_index_targets_match_oracle(rng, layout, dtype, name):
                                          (F32, "none-grad-output"), (F32, "ignore-sum")],
                          ids=lambda c: c if isinstance(c, str) else c.name)
 def test_rows_split_across_blocks_match_oracle(rng, split, dtype, name):
-    from fastxent.kernels import _cuda_plan
+    from fastxent.kernels.cuda import plan as _cuda_plan
     n = 3
     assert _cuda_plan.splits(n, V, dtype.itemsize, (132, 50 << 20)) == 5
     x = random_logits(rng, (n, V), dtype)
@@ -163,7 +163,7 @@ def test_random_inputs_match_oracle(n, v, dtype, seed, smoothing, reduction, wei
 
 
 def test_large_logits_and_lead_dimensions(rng):
-    """|logits| up to 1e4 (DESIGN.md's range) with a 3-D logits array."""
+    """|logits| up to 1e4 (docs/design.md#exactness) with a 3-D logits array."""
     x = random_logits(rng, (2, 3, 67), F32, scale=3e3)
     t = random_targets(rng, (2, 3), 67)
     assert_fused_matches_oracle(x, t, F32, backend="cuda")
@@ -187,7 +187,7 @@ def test_device_arrays_stay_on_device(rng, dtype):
     t = random_targets(rng, (2, 3), V, ignore_index=-100)
     dx, dt = cuda.to_device(x), cuda.to_device(t)
     loss = fx.cross_entropy(dx, dt)
-    assert fx._arrays.is_device(loss)
+    assert fx.dispatch.arrays.is_device(loss)
     assert loss.shape == ()
     rows = fx.cross_entropy(dx, dt, reduction="none")
     assert rows.shape == (2, 3)
@@ -275,10 +275,57 @@ def test_out_of_range_target_raises_and_leaves_logits(rng):
     t[1, 2] = V
     dx = cuda.to_device(x)
     with pytest.raises(IndexError, match=r"targets\[1, 2\] = 45 is out of range"):
-        fx.cross_entropy_with_grad(dx, cuda.to_device(t), inplace=True)
+        fx.cross_entropy_with_grad(dx, cuda.to_device(t), inplace=True, check_targets=True)
     np.testing.assert_array_equal(dx.copy_to_host(), x)
-    with pytest.raises(IndexError, match=r"targets\[1, 2\]"):
+    with pytest.raises(IndexError, match=r"targets\[1, 2\]"):  # host arrays: always at once
         fx.cross_entropy(x, t, backend="cuda")
+
+
+def _count_waits(monkeypatch):
+    """The waits for the GPU of the calls that follow: stream and event synchronizations, and
+    copies to new (pageable) host arrays; copies into given host arrays are queued."""
+    waits = []
+    for obj, name in ((cuda.stream(), "synchronize"), (cuda.event(), "synchronize"),
+                      (cuda.to_device(np.zeros(1)), "copy_to_host")):
+        original = getattr(type(obj), name)
+
+        def counted(self, *args, _original=original, _name=name, **kwargs):
+            if _name != "copy_to_host" or (not args and kwargs.get("ary") is None):
+                waits.append(_name)
+            return _original(self, *args, **kwargs)
+        monkeypatch.setattr(type(obj), name, counted)
+    return waits
+
+
+def test_calls_on_device_arrays_never_wait_and_raise_later(rng, monkeypatch):
+    """docs/cuda.md#out-of-range-targets: no wait per call; an out-of-range class index makes the
+    call's loss NaN, writes no gradient, and the next call (or check_gpu_targets) raises it."""
+    x = random_logits(rng, (2, 3, V), F32)
+    t = random_targets(rng, (2, 3), V)
+    dx, dt = cuda.to_device(x), cuda.to_device(t)
+    waits = _count_waits(monkeypatch)
+    for opts in ({}, {"reduction": "none", "return_lse": True}, {"z_loss": 1e-3}):
+        fx.cross_entropy_with_grad(dx, dt, **opts)
+        fx.cross_entropy(dx, dt, **opts)
+    assert waits == []
+    fx.cross_entropy_with_grad(dx, dt, check_targets=True)
+    assert waits.count("synchronize") == 1
+    bad = t.copy()
+    bad[1, 2] = V
+    db = cuda.to_device(bad)
+    waits.clear()
+    loss, g = fx.cross_entropy_with_grad(dx, db, inplace=True)
+    assert waits == [] and np.isnan(loss.copy_to_host())
+    np.testing.assert_array_equal(dx.copy_to_host(), x)  # no gradient written over the logits
+    with pytest.raises(IndexError, match=r"targets\[1, 2\] = 45 is out of range"):
+        fx.cross_entropy(dx, dt)  # the next call raises the earlier call's error
+    rows = fx.cross_entropy(dx, db, reduction="none", z_loss=1e-3, return_z_loss=True)
+    losses = rows[0].copy_to_host()
+    assert np.isnan(losses[1, 2]) and np.isfinite(np.delete(losses.ravel(), 5)).all()
+    with pytest.raises(IndexError, match=r"targets\[1, 2\]"):
+        fx.check_gpu_targets()
+    fx.check_gpu_targets()  # read once: nothing is pending any more
+    assert np.isfinite(fx.cross_entropy(dx, dt).copy_to_host())
 
 
 def test_bad_options_are_refused_before_any_launch(rng):
@@ -401,8 +448,12 @@ def test_torch_inplace_and_bad_target(rng):
     t = torch.tensor([1, 2, 3, 777], device="cuda")
     before = x.clone()
     with pytest.raises(IndexError, match=r"targets\[3\] = 777"):
-        fx.cross_entropy_with_grad(x, t, inplace=True)
+        fx.cross_entropy_with_grad(x, t, inplace=True, check_targets=True)
     assert torch.equal(x, before)
+    loss, _ = fx.cross_entropy_with_grad(x, t, inplace=True)  # queued: NaN, raised by the next
+    assert torch.isnan(loss) and torch.equal(x, before)
+    with pytest.raises(IndexError, match=r"targets\[3\] = 777"):
+        fx.check_gpu_targets()
     t[3] = 5
     _, g = fx.cross_entropy_with_grad(x, t, inplace=True)
     assert g is x
@@ -492,10 +543,11 @@ def test_bce_of_device_arrays_and_probabilities(rng):
 
 
 def test_linear_cross_entropy_chunks_through_the_device_kernels(rng, monkeypatch):
-    """The fused linear cross-entropy's loop (``fastxent._linear.run``) with each chunk's logits
-    in a device array: the CUDA kernel's per-row losses, per-row upstream gradients and in-place
-    gradient, as ``fastxent.torch`` uses them for CUDA tensors, against the CPU loop."""
-    from fastxent import _device, _linear
+    """The fused linear cross-entropy's loop (``fastxent.losses.linear.run``) with each chunk's
+    logits in a device array: the CUDA kernel's per-row losses, per-row upstream gradients and
+    in-place gradient, as ``fastxent.torch`` uses them for CUDA tensors, against the CPU loop."""
+    from fastxent.dispatch import device as _device
+    from fastxent.losses import linear as _linear
 
     class DeviceOps(_linear._NumpyOps):
         """NumPy's products on the host; each chunk's logits and gradient on the device."""
@@ -533,15 +585,15 @@ def test_linear_cross_entropy_chunks_through_the_device_kernels(rng, monkeypatch
     # the options as fastxent.torch builds them, with and without class weights; negative
     # weights rescale the z-loss coefficient below 0, which the chunks must take as it is
     torch = pytest.importorskip("torch")
-    from fastxent._linear_torch import _prepare
+    from fastxent.torch.linear import _prepare
     prepared = []
     for cw in (rng.uniform(0.5, 2.0, v), -rng.uniform(0.5, 2.0, v), None):
         _, _, _, _, th, cw_host, options = _prepare(
             torch.tensor(hidden), torch.tensor(weight), torch.tensor(t), torch.tensor(bias),
             None if cw is None else torch.tensor(cw), -100, 0.1, 1e-3, 2.5, 5, None).args
         prepared.append((th, cw_host, options))
-    # the targets were checked on the host: no chunk waits for the kernel's flag
-    monkeypatch.setattr(_device, "_raise_bad_target", lambda *a: pytest.fail("synchronized"))
+    # the targets were checked on the host: no chunk leaves (or waits for) an out-of-range flag
+    monkeypatch.setattr(_device, "_flag", lambda *a: pytest.fail("a flag was left"))
     for (th, cw, options), (reduction, go) in itertools.product(
             prepared, (("mean", 1.0), ("none", rng.uniform(0.5, 2.0, n)))):
         args = (hidden, weight, bias, th, cw, options, reduction, (5, None))
@@ -561,7 +613,8 @@ def test_linear_cross_entropy_chunks_through_the_device_kernels(rng, monkeypatch
 def test_categorical_terms_and_gradient_match_the_reference(rng, eps):
     """The CUDA binary kernel's categorical kind (``-q·log p`` and ``-q/p``) with its gradient,
     against ``reference.binary``."""
-    from fastxent.kernels import cuda as kc, reference
+    from fastxent.kernels import cuda as kc
+    from fastxent.kernels import reference
     n, v = 5, 23
     p = rng.dirichlet(np.ones(v) * 0.5, n)
     p[0, :2] = 0.0

@@ -4,11 +4,13 @@ helpers (what the simulator runs)."""
 
 import numpy as np
 import pytest
+from conftest import BF16, F16, F32, F64, dtype_id, random_logits
 
 import fastxent as fx
-from fastxent import _arrays, _dispatch, config
-from fastxent.kernels._compat import numpy_compat
-from conftest import BF16, F16, F32, F64, dtype_id, random_logits
+from fastxent import config
+from fastxent.dispatch import arrays as _arrays
+from fastxent.dispatch import backends as _dispatch
+from fastxent.kernels.cuda.compat import numpy_compat
 
 
 def cuda_usable():
@@ -69,7 +71,7 @@ def test_numpy_row_stack_shim(monkeypatch):
 
 # --- launch geometry and word views --------------------------------------------------------------
 
-plan = pytest.importorskip("fastxent.kernels._cuda_plan")
+plan = pytest.importorskip("fastxent.kernels.cuda.plan")
 H100 = (132, 50 << 20)
 
 
@@ -115,7 +117,7 @@ def test_float64_rows_are_their_own_words():
 
 # --- the lane helpers' Python twins --------------------------------------------------------------
 
-lanes = pytest.importorskip("fastxent.kernels._lanes")
+lanes = pytest.importorskip("fastxent.kernels.cuda.lanes")
 STORE = {F32: np.float32, F64: np.float64, F16: np.int16, BF16: np.uint16}
 
 
@@ -138,7 +140,7 @@ def test_lane_twins_decode_and_encode_words(rng, dtype):
 
 
 def test_bfloat16_encode_rounds_to_nearest_even():
-    from fastxent._dtypes import encode_into
+    from fastxent.core.dtypes import encode_into
     like = np.zeros(1, np.uint16)
     values = np.float32([1.0 + 2**-8, 1.0 + 3 * 2**-8, -2.5e-3, np.inf, np.nan, 3.3e38])
     want = np.zeros(values.size, np.uint16)

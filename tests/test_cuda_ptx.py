@@ -1,5 +1,5 @@
 """Every CUDA kernel compiles to PTX for sm_80 and sm_90 with exactly the argument types the
-backend launches it with (``_cuda_plan``), and the PTX has what the design relies on: 8-byte
+backend launches it with (``plan``), and the PTX has what the design relies on: 8-byte
 loads and stores of the logits, warp shuffles for the merges, the hardware ``ex2`` for exp, and no
 local memory. Needs ``numba-cuda[cu13]`` (NVRTC and NVVM), not a GPU.
 """
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 cuda = pytest.importorskip("numba.cuda")
-kernels = pytest.importorskip("fastxent.kernels._cuda_kernels")
-from fastxent.kernels import _cuda_plan as plan  # noqa: E402
+kernels = pytest.importorskip("fastxent.kernels.cuda.softmax")
+from fastxent.kernels.cuda import plan  # noqa: E402
 
 N, V = 8, 1001
 FACTS = (132, 50 << 20)  # an H100: multiprocessors, L2 bytes
@@ -127,7 +127,7 @@ def test_small_kernels_ptx(target_cc):
 @pytest.mark.parametrize("target_cc", [(8, 0), (9, 0)], indirect=True, ids=["sm80", "sm90"])
 @pytest.mark.parametrize("dtype", list(STORAGE))
 def test_token_kernel_ptx(target_cc, dtype):
-    from fastxent.kernels import _cuda_tokens
+    from fastxent.kernels.cuda import tokens as _cuda_tokens
     x = np.zeros(N * V, STORAGE[dtype])
     args = (x, N, V, np.zeros(N, np.int64), np.zeros(1), False, np.zeros((N, 4)),
             np.zeros((N, 2), np.int64))
@@ -141,7 +141,7 @@ def test_token_kernel_ptx(target_cc, dtype):
 @pytest.mark.parametrize("target_cc", [(9, 0)], indirect=True, ids=["sm90"])
 @pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
 def test_binary_kernels_ptx(target_cc, dtype):
-    from fastxent.kernels import _cuda_binary as kb
+    from fastxent.kernels.cuda import elementwise as kb
     compute = np.float32
     x = np.zeros(N * V, STORAGE[dtype])
     vec = np.zeros(V, compute)

@@ -13,7 +13,6 @@ import sys
 import xml.etree.ElementTree as ElementTree
 
 import pytest
-
 from conftest import SIMULATED_SUITE, SIMULATOR_RUN, start_simulated_suite
 
 # the optional package: without it numba.cuda may still import (Numba's own, deprecated target)

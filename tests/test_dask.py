@@ -7,10 +7,11 @@ import pytest
 da = pytest.importorskip("dask.array")
 distributed = pytest.importorskip("distributed")
 
-import fastxent as fx  # noqa: E402
-import fastxent.dask as fxd  # noqa: E402
 from conftest import BF16, F32, random_logits, random_targets  # noqa: E402
 from test_tokens import assert_stats_close  # noqa: E402
+
+import fastxent as fx  # noqa: E402
+import fastxent.dask as fxd  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -10,10 +10,10 @@ import sys
 import ml_dtypes
 import numpy as np
 import pytest
+from conftest import F32, random_logits, random_targets
 
 import fastxent as fx
 from fastxent.cli import main
-from conftest import F32, random_logits, random_targets
 
 
 @pytest.fixture

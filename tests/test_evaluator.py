@@ -7,10 +7,10 @@ import pickle
 
 import numpy as np
 import pytest
+from conftest import F32, random_logits, random_targets
 
 import fastxent as fx
-from fastxent._evaluator import ExactSum
-from conftest import F32, random_logits, random_targets
+from fastxent.evaluation.evaluator import ExactSum
 
 
 def corpus(rng, n=600, v=300, dtype=F32):

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import scipy.special
 import scipy.stats
+from conftest import BACKENDS, BF16, DTYPES, F16, F32, F64, dtype_id, random_logits, to64
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import fastxent as fx
-from conftest import BACKENDS, BF16, DTYPES, F16, F32, F64, dtype_id, random_logits, to64
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
@@ -341,7 +341,7 @@ def test_bce_on_probabilities_gradient(rng, backend):
 def test_out_of_range_count_matches_its_twin(rng, kind, dtype):
     """``binary_outside``, the pass that checks the inputs before an in-place or out= call
     writes: the CPU kernel against ``kernels.reference``, and against the loss kernel's count."""
-    from fastxent._dtypes import storage_view
+    from fastxent.core.dtypes import storage_view
     from fastxent.kernels import cpu, reference
     x = rng.uniform(-0.2, 1.2, (7, 300)).astype(dtype)
     y = rng.uniform(-0.1, 1.1, (7, 300)).astype(dtype)

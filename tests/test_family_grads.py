@@ -4,9 +4,9 @@ of the textbook formulas."""
 
 import numpy as np
 import pytest
+from conftest import BACKENDS, BF16, F32, F64, dtype_id, random_logits, to64
 
 import fastxent as fx
-from conftest import BACKENDS, BF16, F32, F64, dtype_id, random_logits, to64
 
 torch = pytest.importorskip("torch")
 fxt = pytest.importorskip("fastxent.torch")
@@ -190,7 +190,7 @@ def test_torch_from_probs_autograd_and_no_grad(rng):
 
 
 def test_torch_custom_ops_pass_opcheck(rng):
-    from fastxent._family_torch import _entropy_op, _from_probs_op, _kl_op
+    from fastxent.torch.family import _entropy_op, _from_probs_op, _kl_op
     x = torch.tensor(random_logits(rng, (3, 20), F32), requires_grad=True)
     y = torch.tensor(random_logits(rng, (3, 20), F32), requires_grad=True)
     p = torch.softmax(x.detach(), -1).requires_grad_()

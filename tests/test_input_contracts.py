@@ -9,9 +9,9 @@ function gets every check by being added there.
 
 import numpy as np
 import pytest
+from conftest import BF16, F16, F32, F64
 
 import fastxent as fx
-from conftest import BF16, F16, F32, F64
 
 N, V = 6, 40
 

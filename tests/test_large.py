@@ -1,4 +1,4 @@
-"""64-bit indexing (DESIGN.md: "N·V beyond 2^31 elements works").
+"""64-bit indexing (docs/design.md#64-bit-indexing).
 
 bfloat16 logits of just over 2^31 elements (4.3 GB), built with ``np.zeros`` plus a few set
 entries so that the expected loss and gradient are known in closed form; the gradient is written
@@ -112,7 +112,7 @@ def test_many_rows_beyond_2_31_elements():
 def test_one_row_beyond_2_31_classes():
     """Chunked path: a single row of 2^31 + 2^15 classes; class indices beyond 2^31."""
     v = 2**31 + 2**15
-    assert cpu_backend._plan(1, v)[0] > 1
+    assert cpu_backend.common.plan(1, v)[0] > 1
     logits = np.zeros((1, v), BF16)
     target = v - 1
     logits[0, target] = 3.0

@@ -5,10 +5,11 @@ import tracemalloc
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import fastxent as fx
-from fastxent import _linear
+from fastxent.losses import linear as _linear
 
 torch = pytest.importorskip("torch")
 fxt = pytest.importorskip("fastxent.torch")
@@ -290,8 +291,9 @@ def test_blocks_of_classes_on_the_reference_backend(rng, name):
 def test_class_kernels_match_their_twins(n, v, dtype, weighted, softcap, seed):
     """``class_partials`` and ``class_grad`` of the CPU backend against ``kernels.reference``,
     on blocks of more than one of the kernels' blocks of columns, targets in and out of them."""
-    from fastxent._dtypes import decode, storage_view
-    from fastxent.kernels import cpu, reference as twin
+    from fastxent.core.dtypes import decode, storage_view
+    from fastxent.kernels import cpu
+    from fastxent.kernels import reference as twin
     rng = np.random.default_rng(seed)
     x = torch.tensor(rng.standard_normal((n, v)) * 4).to(getattr(torch, dtype))
     x = storage_view(x.view(torch.int16).numpy().view(np.uint16)) if dtype == "bfloat16" \
@@ -740,7 +742,7 @@ def test_bench_linear_runs():
 
 @pytest.mark.parametrize("reduction", ["mean", "none"])
 def test_torch_custom_ops_pass_opcheck(rng, reduction):
-    from fastxent._linear_torch import _linear_backward_op, _linear_op
+    from fastxent.torch.linear import _linear_backward_op, _linear_op
     hidden, weight, b, t, cw = problem(rng, lead=(9,), h=5, v=13)
     h = torch.tensor(hidden, requires_grad=True)
     w = torch.tensor(weight, requires_grad=True)

@@ -1,11 +1,11 @@
-"""The vectorising float32 logarithms of ``fastxent/kernels/_logs.py`` against float64, in ulps
+"""The vectorising float32 logarithms of ``fastxent/kernels/cpu/logs.py`` against float64, in ulps
 of the float32 result, over their whole ranges (and their special values)."""
 
 import numpy as np
 import pytest
 from numba import njit
 
-from fastxent.kernels import _logs
+from fastxent.kernels.cpu import logs as _logs
 
 _FLAGS = dict(fastmath={"reassoc", "contract", "nsz"}, error_model="numpy")
 

@@ -1,4 +1,4 @@
-"""fastxent.kernels._numeric: the vectorisable float32 exp, and the bfloat16/float16 loads and
+"""fastxent.kernels.cpu.numeric: the vectorisable float32 exp, and the bfloat16/float16 loads and
 stores of the storage views, each against an independent implementation (float64 NumPy,
 ml_dtypes and NumPy's float16 casts)."""
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from numba import njit
 
-from fastxent.kernels._numeric import block_max, exp32, exp_term, fexp, load, store
+from fastxent.kernels.cpu.numeric import block_max, exp32, exp_term, fexp, load, store
 
 
 @njit

@@ -1,5 +1,5 @@
-"""fastxent._threading: the CPU kernels are safe from several Python threads at once and in a
-forked child (DESIGN.md: "Safe to call from several Python threads at once and after fork").
+"""fastxent.core.threads: the CPU kernels are safe from several Python threads at once and in a
+forked child (docs/design.md#threads-and-fork).
 
 The fork tests run in a fresh interpreter (``sys.executable -c ...``) with a timeout, so that a
 child killed by the threading layer ("fork() called from a process already using GNU OpenMP")
@@ -14,10 +14,11 @@ import textwrap
 import threading
 
 import pytest
+from conftest import F32, bits, random_logits, random_targets
 
 import fastxent as fx
-from fastxent import _threading, config
-from conftest import F32, bits, random_logits, random_targets
+from fastxent import config
+from fastxent.core import threads as _threading
 
 TIMEOUT = 300  # seconds; a cold Numba cache compiles a few kernels first
 
@@ -109,7 +110,7 @@ _FORK_SCRIPT = """
                 sys.exit(f"the forked child exited with {{p.exitcode}}")
             if child_result != parent_result:
                 sys.exit("the forked child computed something else")
-        print("OK", fx._threading.describe()["threading_layer"])
+        print("OK", fx.core.threads.describe()["threading_layer"])
 """
 
 
@@ -131,7 +132,7 @@ def test_threading_layer_is_tbb_when_tbb_is_installed():
     proc = _run_python("""
         import numpy as np
         import fastxent as fx
-        from fastxent import _threading
+        from fastxent.core import threads as _threading
         fx.cross_entropy(np.zeros((4, 8), np.float32), np.arange(4), backend="cpu")
         print(_threading.describe())
     """)
@@ -146,3 +147,17 @@ def test_describe_in_this_process():
     info = _threading.describe()
     assert set(info) == {"threading_layer", "threads", "forked_child_runs_serial"}
     assert info["threading_layer"].split()[0] in ("tbb", "omp", "workqueue")
+
+
+def test_serial_copies_keep_their_kernels_own_flags():
+    """What a forked child runs is its kernel compiled alike, threads aside: the binary kernels'
+    error model ``numpy``, which their loops need to vectorise, included."""
+    from numba.core.registry import CPUDispatcher
+
+    from fastxent.kernels.cpu import common, divergence, elementwise, softmax, tokens
+    kernels = [k for m in (softmax, elementwise, divergence, tokens) for k in vars(m).values()
+               if isinstance(k, CPUDispatcher) and k.targetoptions.get("parallel")]
+    assert len(kernels) >= 6
+    assert any(k.targetoptions.get("error_model") == "numpy" for k in kernels)
+    for kernel in kernels:
+        assert common.serial(kernel).targetoptions == dict(kernel.targetoptions, parallel=False)

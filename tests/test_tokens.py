@@ -5,14 +5,14 @@ vocabulary shards merged by ``merge_partials``, and non-finite logits."""
 
 import numpy as np
 import pytest
+from conftest import (BACKENDS, BF16, DTYPES, F16, F32, F64, dtype_id, log_softmax64,
+                      random_logits, random_targets, to64)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import fastxent as fx
-from fastxent import _tokens
-from fastxent.kernels.codes import ABSENT, IGNORED
-from conftest import (BACKENDS, BF16, DTYPES, F16, F32, F64, dtype_id, log_softmax64,
-                      random_logits, random_targets, to64)
+from fastxent.core.codes import ABSENT, IGNORED
+from fastxent.core import partials
 
 RTOL = {F32: 1e-6, F16: 1e-6, BF16: 1e-6, F64: 1e-12}
 
@@ -129,13 +129,13 @@ def test_vocabulary_shards_merge_to_the_whole(rng):
         local = np.where((codes >= lo) & (codes < hi), codes - lo,
                          np.where(codes == IGNORED, IGNORED, ABSENT))
         parts.append(cpu.token_partials(np.ascontiguousarray(x[:, lo:hi]), local))
-    stats, ints = _tokens.merge_partials(np.stack([p[0] for p in parts], 1),
+    stats, ints = partials.merge_partials(np.stack([p[0] for p in parts], 1),
                                          np.stack([p[1] for p in parts], 1), edges[:-1])
     for lo, hi in zip(edges[:-1], edges[1:]):
         local = np.where(codes == IGNORED, IGNORED, ABSENT)
         counts.append(cpu.token_partials(np.ascontiguousarray(x[:, lo:hi]), local, stats[:, 3])[1])
     ints[:, 1] = np.sum([c[:, 1] for c in counts], axis=0)
-    got = fx.TokenStats(*_tokens.finish(stats, ints, t < 0))
+    got = fx.TokenStats(*partials.finish(stats, ints, t < 0))
     assert got.argmax[3] == 10
     assert_stats_close(got, oracle(x, t), F32)
 

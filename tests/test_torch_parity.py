@@ -9,10 +9,9 @@ import math
 
 import numpy as np
 import pytest
+from conftest import BACKENDS, F32, F64, random_logits, random_probs, random_targets, random_weight
 
 import fastxent as fx
-from conftest import (BACKENDS, F32, F64, random_logits, random_probs, random_targets,
-                      random_weight)
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional

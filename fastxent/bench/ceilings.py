@@ -1,7 +1,7 @@
 """The machine's own ceilings, measured in the same run as the cases, and the floors they imply.
 
 Read and copy bandwidth bound any kernel that streams the logits from main memory; the rate of the
-package's vectorised float32 exp (:func:`fastxent.kernels._numeric.exp32`) bounds any kernel that
+package's vectorised float32 exp (:func:`fastxent.kernels.cpu.numeric.exp32`) bounds any kernel that
 takes one exponential per logit. A case's *floor* is the time its bytes take at the measured
 bandwidth: the logits read once for ``forward`` and ``logsumexp``; the logits read once plus the
 gradient written once for ``fwd+bwd`` (at the copy bandwidth, which counts both). Its *exp floor*
@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from numba import njit, prange
 
-from ..kernels._numeric import exp32
+from ..kernels.cpu.numeric import exp32
 
 #: 256 MiB: several times any last-level cache, so the sums and copies run from main memory.
 DEFAULT_BANDWIDTH_MIB = 256
@@ -68,7 +68,7 @@ def _best_time(fn, repeat):
 def _numba_threads():
     import numba
 
-    from .._threading import ensure_threading_layer
+    from ..core.threads import ensure_threading_layer
 
     # numba.get_num_threads() starts Numba's threads: fastxent must pick the layer first
     ensure_threading_layer()

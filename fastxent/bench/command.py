@@ -6,7 +6,7 @@ import os
 import shlex
 import sys
 
-from .._argtypes import non_negative_int, positive_float, positive_int
+from ..core.argtypes import non_negative_int, positive_float, positive_int
 from . import gpu, grid, report
 from .ceilings import DEFAULT_BANDWIDTH_MIB
 from .inputs import DTYPES

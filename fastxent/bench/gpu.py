@@ -27,7 +27,6 @@ import subprocess
 import sys
 import time
 
-
 from . import report as _report
 from .ceilings import bytes_moved as _bytes_moved
 from .inputs import ITEMSIZE

@@ -30,7 +30,7 @@ from collections import namedtuple
 from contextlib import suppress
 from pathlib import Path
 
-from .._argtypes import positive_float
+from ..core.argtypes import positive_float
 from . import gpu, linear, machine
 from .report import markdown_table
 

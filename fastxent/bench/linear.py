@@ -37,7 +37,7 @@ import time
 
 import numpy as np
 
-from .._memory import _status_kib, peak_rss_bytes, reset_peak_rss
+from ..evaluation.peak_memory import _status_kib, peak_rss_bytes, reset_peak_rss
 from .report import _size as format_bytes
 
 DEFAULT_SHAPE = dict(rows=512, hidden=1024, vocab=131072)

@@ -83,7 +83,8 @@ def numba_facts():
     import numba
 
     import fastxent
-    from fastxent import _threading
+
+    from ..core import threads as _threading
 
     facts = {}
     try:

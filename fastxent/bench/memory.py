@@ -11,8 +11,8 @@ import json
 import subprocess
 import sys
 
-from .._memory import peak_rss_bytes as _peak_rss_bytes
-from .._memory import reset_peak_rss as _reset_peak_rss
+from ..evaluation.peak_memory import peak_rss_bytes as _peak_rss_bytes
+from ..evaluation.peak_memory import reset_peak_rss as _reset_peak_rss
 from .grid import Spec
 from .inputs import make_inputs
 from .peers import build_cases

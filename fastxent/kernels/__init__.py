@@ -5,7 +5,7 @@ A backend module provides
 ``name``
     the name users pass as ``backend=``;
 ``logsumexp(x, softcap=None) -> ndarray (N,) float64``
-    the log-sum-exp of each row of the 2-D storage view ``x`` (see ``fastxent._dtypes``);
+    the log-sum-exp of each row of the 2-D storage view ``x`` (see ``fastxent.core.dtypes``);
 ``rows(x, targets, weight, softcap, want_sy, coef=None, grad=None) -> ndarray (N, 4) float64``
     per-row statistics ``[lse, Σ w·q·y, Σ w·q, Σ w·y]`` where ``y`` are the (soft-capped) logits,
     ``w`` the class weights (ones when None) and ``q`` the target distribution: ``targets`` is
@@ -20,7 +20,7 @@ A backend module provides
     the per-token statistics' partials over the columns of ``x``: ``[m, s, w, y_t]`` and
     ``[argmax, above]``, with ``targets`` coded as columns of ``x``, -1 (the target is in another
     vocabulary shard) or -2 (ignored); see ``reference.token_partials``. Partials of column
-    chunks merge with ``fastxent._tokens.merge_partials``.
+    chunks merge with ``fastxent.core.partials.merge_partials``.
 
 ``class_partials(x, weight, softcap, want_sy)``, ``class_grad(x, targets, weight, ...)``
     (CPU and reference backends) a block of classes of the fused linear cross-entropy: the
@@ -34,13 +34,16 @@ A backend module provides
     KL divergence of two softmaxes, and the gradients of the entropy and of that divergence
     (``reference`` has each one's contract).
 
-Every statistic and option is defined once, in float64 NumPy, by :mod:`.reference`. The public
-functions in ``fastxent._api`` turn these statistics into losses; kernels never see user arguments.
+Every statistic and option is defined once, in float64 NumPy, by :mod:`.reference`; what the
+kernels compute alike (the merge, the row formulas, the soft-cap) is ``fastxent.core.formulas``.
+The public functions in ``fastxent.losses`` turn these statistics into losses; kernels never see
+user arguments.
 
 The CUDA backend (:mod:`.cuda`) computes the same statistics and gradient, but its results stay
 on the GPU, so its interface takes the whole call at once (``run``: statistics, gradient and the
-reduction of the losses, queued on a stream; ``logsumexp``), and ``fastxent._device`` is its
-``_api``; its ``token_partials`` takes and returns device arrays, on a stream (the kernel is in
-``_cuda_tokens``). Its device code is in ``_cuda_kernels``, how it is launched in ``_cuda_plan`` (neither
-needs a GPU to import), the merge across threads in ``_groups`` and the 8-byte words in ``_lanes``.
+reduction of the losses, queued on a stream; ``logsumexp``), and ``fastxent.dispatch.device``
+prepares its calls; its ``token_partials`` takes and returns device arrays, on a stream. Its
+device code is in ``cuda/softmax.py``, ``cuda/tokens.py`` and ``cuda/elementwise.py``, how it is
+launched in ``cuda/plan.py`` (neither needs a GPU to import), the merge across threads in
+``cuda/groups.py`` and the 8-byte words in ``cuda/lanes.py``.
 """

@@ -7,8 +7,8 @@ speed: each statistic is written the way the math reads.
 
 import numpy as np
 
-from .._dtypes import decode, encode_into
-from .codes import BINARY_LOGITS, BINARY_PROBS, CATEGORICAL
+from ..core.codes import BINARY_LOGITS, BINARY_PROBS, CATEGORICAL
+from ..core.dtypes import decode, encode_into
 
 name = "numpy"
 
