@@ -104,22 +104,24 @@ def softmax_factor(c0, c1, c2, swq, wsum, lse):
 @_shared
 def cap(x, c):
     """The logit soft-cap ``c·tanh(x/c)``, in ``x``'s type."""
-    return c * math.tanh(x / c)
+    return capped(x, c, c / c)[0]
 
 
 @_shared
 def capped(x, c, one):
-    """``(c·tanh(x/c), d/dx)`` of the logit soft-cap, in ``x``'s type (``one`` is 1 in that
-    type: a literal would widen float32 arithmetic in compiled code): :func:`cap` and its slope.
+    """``(c·tanh(x/c), d/dx)`` of the logit soft-cap from one exponential, in ``x``'s type
+    (``one`` is 1 in that type: a literal would widen float32 arithmetic in compiled code).
 
-    The slope ``sech²(x/c)`` is ``4e/(1 + e)²`` with ``e = exp(-2|x/c|)``: it keeps its relative
-    precision where the cap saturates, which ``1 − tanh²`` does not in float32 (5e-6 at
-    ``x/c`` ≈ 2.5).
+    With ``e = exp(-2|x/c|)``: ``tanh|x/c| = (1 − e)/(1 + e)`` and the slope
+    ``sech²(x/c) = 4e/(1 + e)²``, which keeps its relative precision where the cap saturates
+    (``1 − tanh²`` from a rounded ``tanh`` does not: 5e-6 at ``x/c`` ≈ 2.5 in float32). Near 0
+    the value is exact to the type's rounding in absolute terms, which is what ``exp(y − m)``
+    and the sums of ``y`` need.
     """
     u = x / c
     e = math.exp(-(abs(u) + abs(u)))
     two = one + one
-    return cap(x, c), two * two * e / ((e + one) * (e + one))
+    return math.copysign(c * ((one - e) / (one + e)), u), two * two * e / ((one + e) * (one + e))
 
 
 _HALF_ULP = np.uint32(0x7FFF)

@@ -113,20 +113,21 @@ def _stats(p, coef=None, grad=None):
 
 def row_terms(stats, smoothing, n_classes, weight_sum, z_loss):
     """Per-row (cross-entropy, z-loss) from the statistics ``[lse, Σwqy, Σwq, Σwy]``
-    (``formulas.row_loss`` on the arrays of rows)."""
+    (``formulas.row_loss`` on the arrays of rows; without a z-loss its term is the scalar 0)."""
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-        ce, zt = formulas.row_loss(*stats.T, smoothing, z_loss, n_classes, weight_sum)
-    return ce, np.broadcast_to(zt, ce.shape)
+        return formulas.row_loss(*stats.T, smoothing, z_loss, n_classes, weight_sum)
 
 
 def row_coefficients(scale, scale_z, valid, smoothing, n_classes, z_loss):
     """(N, 3) float64 ``[c0, c1, c2]`` of the backends' gradient formula
     (``formulas.coefficients``), for rows whose upstream gradient is ``scale`` (``scale_z`` for
     the z-loss); zeros where not ``valid``."""
+    coef = np.zeros((valid.shape[0], 3))
     with np.errstate(invalid="ignore", over="ignore"):
-        coef = np.stack(np.broadcast_arrays(
-            *formulas.coefficients(scale, scale_z, smoothing, z_loss, n_classes)), axis=-1)
-    return np.where(valid[:, None], coef, 0.0)
+        for k, c in enumerate(formulas.coefficients(scale[valid], scale_z[valid], smoothing,
+                                                    z_loss, n_classes)):
+            coef[valid, k] = c
+    return coef
 
 
 def _row_losses(p, stats):

@@ -100,10 +100,23 @@ def _q_at_impl(qs, j):
 
 @njit(**REDUCE)
 def _block_sumexp(xs, m, c):
-    s = m - m  # a zero of the compute type (m is finite here)
+    s = _sum_zero(m, c)
     for j in range(xs.size):
         s += exp_term(cap(load(xs[j]), c) - m)
     return s
+
+
+def _sum_zero(m, c):
+    """The zero a block's sum of exponentials starts from: in the compute type (the loop runs in
+    SIMD lanes, a partial sum per lane), or float64 with a soft-cap, whose libm exponential per
+    element keeps the loop out of SIMD lanes: one float32 sum over a block drifted by 1e-6."""
+
+
+@overload(_sum_zero, **OVERLOAD)
+def _sum_zero_impl(m, c):
+    if isinstance(c, types.NoneType):
+        return lambda m, c: m - m  # (m is finite here)
+    return lambda m, c: 0.0
 
 
 @njit(**REDUCE)
