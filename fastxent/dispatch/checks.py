@@ -146,6 +146,20 @@ def reduction(value, size_average=None, reduce=None):
     return value
 
 
+def row_options(label_smoothing, z_loss, softcap_):
+    """The options of each row's softmax cross-entropy, checked: ``(label smoothing, z-loss
+    coefficient, soft-cap or None)``."""
+    return (real(label_smoothing, "label_smoothing", low=0.0, high=1.0),
+            real(z_loss, "z_loss", low=0.0), softcap(softcap_))
+
+
+def loss_options(reduction_, ignore_index_, label_smoothing, z_loss, softcap_):
+    """The softmax cross-entropy's options, checked once for every backend: ``(reduction,
+    ignore_index)`` and :func:`row_options`."""
+    return (reduction(reduction_), ignore_index(ignore_index_),
+            *row_options(label_smoothing, z_loss, softcap_))
+
+
 def real(value, name, *, low=None, high=None, low_open=False):
     """A finite real number, optionally within bounds; returned as float."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):

@@ -173,32 +173,15 @@ def _on_device_overlap(dst, value):
     return _arrays.is_device(value) and _overlaps(value, dst)
 
 
-def cross_entropy(logits, targets, *, reduction, ignore_index, weight, label_smoothing, z_loss,
-                  softcap, shift=0, parts=(False, False), grad=False, grad_output=1.0, out=None,
-                  inplace=False, check_targets=False):
-    """``cross_entropy`` (``grad=False``) or ``cross_entropy_with_grad`` of
-    ``fastxent.losses.cross_entropy`` on the GPU."""
-    red = _checks.reduction(reduction)
-    ignore = _checks.ignore_index(ignore_index)
-    eps = _checks.real(label_smoothing, "label_smoothing", low=0.0, high=1.0)
-    z = _checks.real(z_loss, "z_loss", low=0.0)
-    cap = _checks.softcap(softcap)
-    if inplace and out is not None:
-        raise ValueError("pass either out= or inplace=True, not both")
-    return _cross_entropy(logits, targets, red, ignore, weight, eps, z, cap, grad, grad_output,
-                          out, inplace, checked_targets=False, shift=shift, parts=parts,
-                          wait=bool(check_targets))
-
-
 def chunk_losses(x, targets, *, weight, label_smoothing, z_loss, softcap, scale=None,
                  lse=False):
     """``losses.cross_entropy.chunk_losses`` on the GPU: the per-row losses (and log-sum-exps,
     or None) of a chunk of logits ``x`` (a tensor), and with ``scale`` the gradient over ``x``,
     from checked values. The class indices were checked on the host: the call leaves no flag."""
     grad = scale is not None
-    result = _cross_entropy(x, targets, "none", -1, weight, label_smoothing, z_loss, softcap,
-                            grad, scale if grad else 1.0, None, grad, checked_targets=True,
-                            parts=(False, lse))
+    result = cross_entropy(x, targets, weight, ("none", -1, label_smoothing, z_loss, softcap),
+                           grad=grad, grad_output=scale if grad else 1.0, inplace=grad,
+                           checked_targets=True, parts=(False, lse))
     loss = result[0] if grad else result
     return loss if lse else (loss, None)
 
@@ -215,8 +198,13 @@ def _host_values(a):
     return host
 
 
-def _cross_entropy(logits, targets, red, ignore, weight, eps, z, cap, grad, grad_output, out,
-                   inplace, checked_targets, shift=0, parts=(False, False), wait=False):
+def cross_entropy(logits, targets, weight, options, *, grad=False, grad_output=1.0, out=None,
+                  inplace=False, checked_targets=False, shift=0, parts=(False, False),
+                  wait=False):
+    """``cross_entropy`` (``grad=False``) or ``cross_entropy_with_grad`` of
+    ``fastxent.losses.cross_entropy`` on the GPU, its ``options`` checked
+    (``checks.loss_options``)."""
+    red, ignore, eps, z, cap = options
     check_targets(wait=False)  # an earlier call's error, if its flag has landed
     be, ad, dname, shape, lead, v, n = _rows(logits)
     compute = "float64" if dname == "float64" else "float32"

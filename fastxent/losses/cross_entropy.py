@@ -49,15 +49,10 @@ class _Problem:
         return float(self.n_classes) if self.weight is None else float(self.weight.sum())
 
 
-def _prepare(logits, targets, reduction, ignore_index, weight, label_smoothing, z_loss, softcap,
-             backend, shift=0):
-    """The user's arguments, checked, as a :class:`_Problem`."""
+def _prepare(logits, targets, weight, options, backend, shift=0):
+    """The user's arguments, checked (``options`` already), as a :class:`_Problem`."""
+    red, ignore, eps, z, cap = options
     a = _checks.logits_array(logits)
-    red = _checks.reduction(reduction)
-    ignore = _checks.ignore_index(ignore_index)
-    eps = _checks.real(label_smoothing, "label_smoothing", low=0.0, high=1.0)
-    z = _checks.real(z_loss, "z_loss", low=0.0)
-    cap = _checks.softcap(softcap)
     _checks.classes(a.shape)
     w = _checks.weight(weight, a.shape[-1])
     s = _checks.shift(shift, a.shape)
@@ -298,15 +293,11 @@ def cross_entropy(logits, targets, *, reduction="mean", ignore_index=-100, weigh
     >>> bool(np.isclose(a, b))
     True
     """
+    options = _checks.loss_options(reduction, ignore_index, label_smoothing, z_loss, softcap)
     if _dispatch.uses_cuda(backend, logits):
-        return _device.cross_entropy(logits, targets, reduction=reduction,
-                                     ignore_index=ignore_index, weight=weight,
-                                     label_smoothing=label_smoothing, z_loss=z_loss,
-                                     softcap=softcap, shift=shift,
-                                     parts=(return_z_loss, return_lse),
-                                     check_targets=check_targets)
-    p = _prepare(logits, targets, reduction, ignore_index, weight, label_smoothing, z_loss,
-                 softcap, backend, shift)
+        return _device.cross_entropy(logits, targets, weight, options, shift=shift,
+                                     parts=(return_z_loss, return_lse), wait=bool(check_targets))
+    p = _prepare(logits, targets, weight, options, backend, shift)
     return _result(p, _stats(p), return_z_loss, return_lse)
 
 
@@ -361,16 +352,13 @@ def cross_entropy_with_grad(logits, targets, *, reduction="mean", ignore_index=-
     """
     if inplace and out is not None:
         raise ValueError("pass either out= or inplace=True, not both")
+    options = _checks.loss_options(reduction, ignore_index, label_smoothing, z_loss, softcap)
     if _dispatch.uses_cuda(backend, logits):
-        return _device.cross_entropy(logits, targets, reduction=reduction,
-                                     ignore_index=ignore_index, weight=weight,
-                                     label_smoothing=label_smoothing, z_loss=z_loss,
-                                     softcap=softcap, shift=shift,
-                                     parts=(return_z_loss, return_lse), grad=True,
+        return _device.cross_entropy(logits, targets, weight, options, grad=True,
                                      grad_output=grad_output, out=out, inplace=inplace,
-                                     check_targets=check_targets)
-    p = _prepare(logits, targets, reduction, ignore_index, weight, label_smoothing, z_loss,
-                 softcap, backend, shift)
+                                     shift=shift, parts=(return_z_loss, return_lse),
+                                     wait=bool(check_targets))
+    p = _prepare(logits, targets, weight, options, backend, shift)
     coef = _coefficients(p, grad_output)
     inputs = (("targets", targets), ("weight", weight), ("grad_output", grad_output))
     if inplace:

@@ -107,9 +107,8 @@ def shapes(h_shape, w_shape, b_shape, dnames):
 
 def checked_options(label_smoothing, z_loss, softcap):
     """The options checked before any work (a call whose rows are all ignored runs no kernel)."""
-    return dict(label_smoothing=_checks.real(label_smoothing, "label_smoothing", low=0.0,
-                                             high=1.0),
-                z_loss=_checks.real(z_loss, "z_loss", low=0.0), softcap=_checks.softcap(softcap))
+    return dict(zip(("label_smoothing", "z_loss", "softcap"),
+                    _checks.row_options(label_smoothing, z_loss, softcap)))
 
 
 def targets(value, lead, n_classes, ignore, shift=0):

@@ -265,11 +265,9 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
                          "a 0-d tensor")
     if weight is not None and not isinstance(weight, torch.Tensor):
         raise TypeError(f"weight must be a tensor, got {type(weight).__name__}")
-    options = dict(reduction=reduction, ignore_index=_checks.ignore_index(ignore_index),
-                   label_smoothing=_checks.real(label_smoothing, "label_smoothing", low=0.0,
-                                                high=1.0),
-                   z_loss=_checks.real(z_loss, "z_loss", low=0.0),
-                   softcap=_checks.softcap(softcap))
+    options = dict(zip(("reduction", "ignore_index", "label_smoothing", "z_loss", "softcap"),
+                       _checks.loss_options(reduction, ignore_index, label_smoothing, z_loss,
+                                            softcap)))
     dtype = _loss_dtype(loss_dtype, input.dtype)
     probs = target.is_floating_point()
     if weight is not None and weight.requires_grad and not probs and torch.is_grad_enabled():
