@@ -51,16 +51,13 @@ def _codes(t, col0, width, n_classes, ignore_index, *, absent=False):
     return np.where(valid, np.where(inside, local, ABSENT), IGNORED).astype(np.int64)
 
 
-def _rows(x):
-    return _dtypes.storage_view(_checks.native(np.ascontiguousarray(x))).reshape(-1, x.shape[-1])
-
-
 def _partials(x, t, *, ignore_index, backend, block_info=None):
     """Block function: partials of a logits chunk, (lead..., 6)."""
     loc = block_info[0]["array-location"][-1]
     n_classes = block_info[0]["shape"][-1]
     codes = _codes(t.reshape(-1), loc[0], x.shape[-1], n_classes, ignore_index)
-    stats, ints = _dispatch.choose(backend, x).token_partials(_rows(x), codes)
+    rows = _dtypes.row_view(_checks.native(x))
+    stats, ints = _dispatch.choose(backend, x).token_partials(rows, codes)
     ints = ints.copy()
     ints[:, 0] = np.where(ints[:, 0] >= 0, ints[:, 0] + loc[0], -1)
     return np.concatenate([stats, ints], axis=1).reshape(x.shape[:-1] + (_PARTS,))
@@ -78,7 +75,8 @@ def _count(x, yt, t, *, ignore_index, backend, block_info=None):
     """Block function: how many logits of the chunk exceed each row's target logit."""
     n_classes = block_info[0]["shape"][-1]
     codes = _codes(t.reshape(-1), 0, 0, n_classes, ignore_index, absent=True)
-    _, ints = _dispatch.choose(backend, x).token_partials(_rows(x), codes, yt.reshape(-1))
+    rows = _dtypes.row_view(_checks.native(x))
+    _, ints = _dispatch.choose(backend, x).token_partials(rows, codes, yt.reshape(-1))
     return ints[:, 1].reshape(x.shape[:-1] + (1,)).astype(np.float64)
 
 

@@ -117,7 +117,7 @@ def _value_and_grad(result):
     return float(loss), np.asarray(grad)
 
 
-def _rows(result):
+def _lse_result(result):
     return np.asarray(result, dtype=np.float64), None
 
 
@@ -148,7 +148,7 @@ def _fastxent(x, t, workloads):
                  notes="gradient over a copy of the logits made before each call, untimed"),
         ]
     if "logsumexp" in workloads:
-        cases.append(Case("fastxent", "logsumexp", lambda: fastxent.logsumexp(x), _rows))
+        cases.append(Case("fastxent", "logsumexp", lambda: fastxent.logsumexp(x), _lse_result))
     if "torch" in variants("fastxent", "forward"):
         cases += _fastxent_torch(x, t, workloads)
     return cases
@@ -250,7 +250,7 @@ def _numpy_like(name, fns, x, t, workloads):
     loss, loss_and_grad, lse = fns
     made = {"forward": (lambda: loss(xf, t), _value),
             "fwd+bwd": (lambda: loss_and_grad(xf, t), _value_and_grad),
-            "logsumexp": (lambda: lse(xf), _rows)}
+            "logsumexp": (lambda: lse(xf), _lse_result)}
     return [Case(name, w, *made[w], notes=note) for w in WORKLOADS if w in workloads]
 
 
@@ -366,7 +366,7 @@ def _jax(x, t, workloads):
     lse = jax.jit(lambda a: logsumexp(a, axis=-1))
     made = {"forward": (lambda: jax.block_until_ready(fwd(xj, tj)), _value),
             "fwd+bwd": (lambda: jax.block_until_ready(fwdbwd(xj, tj)), _jax_value_and_grad),
-            "logsumexp": (lambda: jax.block_until_ready(lse(xj)), _rows)}
+            "logsumexp": (lambda: jax.block_until_ready(lse(xj)), _lse_result)}
     return [Case("jax", w, *made[w], compiles="compilation") for w in WORKLOADS
             if w in workloads]
 

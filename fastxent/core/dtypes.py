@@ -59,6 +59,14 @@ def copy_into(dst, src):
     np.copyto(dst, src.view(native_dtype(dst.dtype)).reshape(dst.shape))
 
 
+def row_view(a):
+    """The (N, V) storage view of array ``a`` (C-contiguous; a copy if it was not) whose last axis
+    is V; a 0-d array is one element."""
+    v = a.shape[-1] if a.ndim else 1
+    n = int(np.prod(a.shape[:-1], dtype=np.int64)) if a.ndim else 1
+    return storage_view(np.ascontiguousarray(a)).reshape(n, v)
+
+
 def compute_dtype(dtype):
     """Accumulation dtype: float64 for float64 inputs, float32 for every narrower format."""
     return np.dtype(np.float64) if name(dtype) == "float64" else np.dtype(np.float32)

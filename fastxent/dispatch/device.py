@@ -96,7 +96,7 @@ def _grad_output(ad, value, reduction, lead):
                                   stream=ad.stream())
 
 
-def _rows(logits):
+def _gpu_logits(logits):
     """(backend, adapter, dtype name, shape, lead shape, V, N) of GPU logits, checked."""
     be = _backend()
     ad = _arrays.adapter(logits)
@@ -206,7 +206,7 @@ def cross_entropy(logits, targets, weight, options, *, grad=False, grad_output=1
     (``checks.loss_options``)."""
     red, ignore, eps, z, cap = options
     check_targets(wait=False)  # an earlier call's error, if its flag has landed
-    be, ad, dname, shape, lead, v, n = _rows(logits)
+    be, ad, dname, shape, lead, v, n = _gpu_logits(logits)
     compute = "float64" if dname == "float64" else "float32"
     s = _checks.shift(shift, shape)
     user_targets = targets
@@ -321,7 +321,7 @@ def token_stats(logits, targets, *, ignore_index):
     """``fastxent.token_stats`` on the GPU: the statistics come back to the host (O(N))."""
     from ..core.codes import IGNORED
     ignore = _checks.ignore_index(ignore_index)
-    be, ad, dname, shape, lead, v, n = _rows(logits)
+    be, ad, dname, shape, lead, v, n = _gpu_logits(logits)
     stream = ad.stream()
     # the targets are checked and coded on the host: N integers, against N·V logits
     host_t = (_foreign(ad, targets).copy_to_host(stream=stream) if _arrays.is_device(targets)

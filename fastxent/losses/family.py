@@ -24,13 +24,6 @@ def _host_only(name, backend, array):
     return _dispatch.choose(backend, array)
 
 
-def _rows(a):
-    """(N, V) storage view of an array whose last axis is V (a 0-d array is one element)."""
-    v = a.shape[-1] if a.ndim else 1
-    n = int(np.prod(a.shape[:-1], dtype=np.int64)) if a.ndim else 1
-    return storage_view(np.ascontiguousarray(a)).reshape(n, v)
-
-
 def _values(value, shape, name, like):
     """A floating array of ``shape`` for ``value`` (targets): floats as they are (any supported
     dtype), booleans and integers converted to the compute type of ``like``."""
@@ -116,7 +109,7 @@ def _raise_first_out_of_range(checks):
     """The message of the first element out of range, for ``(name, array, non-negative only)``
     checks (the arrays are read again only on this error path)."""
     for name, arr, low_only in checks:
-        flat = _dtypes.decode(_rows(arr)).reshape(-1)
+        flat = _dtypes.decode(_dtypes.row_view(arr)).reshape(-1)
         bad = ~((flat >= 0) & (low_only | (flat <= 1)))
         if bad.any():
             k = int(np.argmax(bad))
@@ -169,7 +162,7 @@ def _binary_call(kind, name, x, targets, weight, pos_weight, reduction, eps, bac
         if not x.flags.c_contiguous:
             raise ValueError(f"inplace=True needs C-contiguous {name}")
     t = _values(targets, a.shape, "targets", a.dtype)
-    xs, ts = _rows(a), _rows(t)
+    xs, ts = _dtypes.row_view(a), _dtypes.row_view(t)
     n, v = xs.shape
     weights = _factors(weight, a.shape, "weight", a.dtype)
     pw = _pos_weight(pos_weight, a.shape, a.dtype)
@@ -189,7 +182,7 @@ def _binary_call(kind, name, x, targets, weight, pos_weight, reduction, eps, bac
         # an array in the other byte order (whose values the kernel read from a copy), goes
         # through a buffer
         direct = g.flags.c_contiguous and g.dtype.isnative and (not inplace or g is a)
-        gview = _rows(g) if direct else np.empty((n, v), storage_view(a).dtype)
+        gview = _dtypes.row_view(g) if direct else np.empty((n, v), storage_view(a).dtype)
         if inplace or out is not None:
             # the kernel counts the inputs out of range while it writes: in the caller's memory,
             # a pass of its own checks them first, so that a refused call has written nothing
@@ -433,8 +426,8 @@ def _from_probs(probs, targets, weight, sample_weight, ignore_index, reduction, 
             grad = np.empty(a.shape, a.dtype)
             scale = (_row_scale(go, red, sw, float(np.sum(sw)), lead), None)
         weights = (None if w is None else w.astype(compute_dtype(a.dtype)), None, None)
-        rows, bad = be.binary(CATEGORICAL, _rows(a), _rows(q), weights, None, clip,
-                              grad=None if grad is None else _rows(grad),
+        rows, bad = be.binary(CATEGORICAL, _dtypes.row_view(a), _dtypes.row_view(q), weights,
+                              None, clip, grad=None if grad is None else _dtypes.row_view(grad),
                               scale=scale or (None, None))
         if bad:
             _raise_first_out_of_range([("probs", a, False), ("targets", q, True)])
@@ -464,7 +457,7 @@ def _from_probs(probs, targets, weight, sample_weight, ignore_index, reduction, 
             rs = _row_scale(go, red, sw, float(np.sum(sw * denom_w)), lead)
             # zeros but at each target: only those N values are computed and encoded
             grad = np.zeros(a.shape, a.dtype)
-            gv = _rows(grad)
+            gv = _dtypes.row_view(grad)
             at_target = np.empty(pt.shape, gv.dtype)
             with np.errstate(divide="ignore", invalid="ignore"):
                 _dtypes.encode_into(at_target, np.where(moves, -cw * rs[valid] / pt, 0.0))
@@ -517,7 +510,7 @@ def entropy(x, *, kind="logits", eps=None, backend="auto"):
     a = _checks.logits_array(x, name="x")
     _checks.classes(a.shape)
     be = _host_only("entropy", backend, x)
-    xs = _rows(a)
+    xs = _dtypes.row_view(a)
     if _kind(kind) == "logits":
         ent, _ = _entropy_and_lse(be, xs)
     else:
@@ -556,11 +549,11 @@ def kl_divergence(p, q, *, kind="logits", reduction="none", eps=None, backend="a
     """
     a, b, red, be = _pair(p, q, reduction, backend, "kl_divergence")
     if _kind(kind) == "logits":
-        kl = be.kl_logits(_rows(a), _rows(b))[:, 0]
+        kl = be.kl_logits(_dtypes.row_view(a), _dtypes.row_view(b))[:, 0]
     else:
         clip_a, clip_b = _eps(eps, a.dtype), _eps(eps, b.dtype)
-        cross, bad_b = be.binary(CATEGORICAL, _rows(b), _rows(a), eps=clip_b)
-        ent, bad_a = be.binary(CATEGORICAL, _rows(a), _rows(a), eps=clip_a)
+        cross, bad_b = be.binary(CATEGORICAL, _dtypes.row_view(b), _dtypes.row_view(a), eps=clip_b)
+        ent, bad_a = be.binary(CATEGORICAL, _dtypes.row_view(a), _dtypes.row_view(a), eps=clip_a)
         if bad_a or bad_b:
             _raise_first_out_of_range([("p", a, False), ("q", b, False)])
         kl = np.maximum(cross - ent, 0.0)
@@ -594,7 +587,7 @@ def _softmax_grads(be, a, xs, ys, lse_x, lse_y, value, go_rows):
     gx = np.empty(a.shape, a.dtype)
     gy = None if ys is None else np.empty(a.shape, a.dtype)
     be.softmax_grads(xs, ys, lse_x, lse_y, value, np.ascontiguousarray(go_rows, np.float64),
-                     _rows(gx), None if gy is None else _rows(gy))
+                     _dtypes.row_view(gx), None if gy is None else _dtypes.row_view(gy))
     return gx, gy
 
 
@@ -627,7 +620,7 @@ def entropy_with_grad(x, *, kind="logits", grad_output=1.0, backend="auto"):
     lead = a.shape[:-1]
     go = _checks.grad_output(grad_output, "none", lead)
     be = _host_only("entropy_with_grad", backend, x)
-    xs = _rows(a)
+    xs = _dtypes.row_view(a)
     ent, lse = _entropy_and_lse(be, xs)
     rows = _row_scale(go, "none", np.ones(xs.shape[0]), None, lead)
     grad, _ = _softmax_grads(be, a, xs, None, lse, None, ent, rows)
@@ -658,7 +651,7 @@ def kl_divergence_with_grad(p, q, *, kind="logits", reduction="none", grad_outpu
     a, b, red, be = _pair(p, q, reduction, backend, "kl_divergence_with_grad")
     lead = a.shape[:-1]
     go = _checks.grad_output(grad_output, red, lead)
-    xs, ys = _rows(a), _rows(b)
+    xs, ys = _dtypes.row_view(a), _dtypes.row_view(b)
     kl, lse_x, lse_y = be.kl_logits(xs, ys).T
     rows = _row_scale(go, red, np.ones(xs.shape[0]), float(xs.shape[0]), lead)
     grads = _softmax_grads(be, a, xs, ys, lse_x, lse_y, kl, rows)

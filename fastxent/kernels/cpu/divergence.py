@@ -31,7 +31,7 @@ _BLOCK = config.BLOCK
 @njit(**REDUCE)
 def _block(xs, ys, mx, my, d0):
     """(Σ exp(x - mx), Σ exp(x - mx)·(x - y - d0), Σ exp(y - my)) of a block, compute type.
-    ``d0`` is the row's offset between the two arrays (see ``_rows``)."""
+    ``d0`` is the row's offset between the two arrays (see ``_kl_rows``)."""
     zero = as_compute(0.0, xs)  # (not mx - mx: NaN for a +inf maximum)
     sx = zero
     a = zero
@@ -59,7 +59,7 @@ def _shift(m, xs):
 
 
 @njit(**PARALLEL)
-def _rows(x, y, out):
+def _kl_rows(x, y, out):
     """``a`` sums ``exp(x - m)·(x - y - d0)``, where ``d0`` is the difference of the first
     block's maxima: for logits far from 0 (two models' logits offset by thousands, say) the
     terms stay small and keep float32's precision, and ``d0`` is added back in float64."""
@@ -112,7 +112,7 @@ def kl_logits(x, y):
     out = np.empty((n, 3))
     if n:
         with parallel_guard() as parallel:
-            kernel = _rows if parallel else serial(_rows)
+            kernel = _kl_rows if parallel else serial(_kl_rows)
             kernel(x, y, out)
     return out
 

@@ -361,7 +361,7 @@ def _stats_impl(x, q, r, lo, hi, w, c, want_sy, g, inplace, kept, bm):
 
 
 @njit(**PARALLEL)
-def _rows(x, t, q, w, c, want_sy, coef, w_sum, g, inplace, st, keep, scratch, bm):
+def _row_tasks(x, t, q, w, c, want_sy, coef, w_sum, g, inplace, st, keep, scratch, bm):
     """One task per row: statistics, then (when ``g`` is given) the gradient from L2."""
     n, v = x.shape
     for r in prange(n):
@@ -481,7 +481,7 @@ def _run(x, targets, weight, softcap, want_sy, coef, grad):
             scratch = np.empty((scratch_rows, v), np.float32)
     with parallel_guard() as parallel:
         if nchunk == 1:
-            kernel = _rows if parallel else serial(_rows)
+            kernel = _row_tasks if parallel else serial(_row_tasks)
             kernel(x, t, q, w, c, want_sy, coef, w_sum, grad, inplace, st, keep, scratch, bm)
         else:
             kernel = _chunks if parallel else serial(_chunks)
