@@ -113,6 +113,7 @@ class _Pending(NamedTuple):
 
 
 _pending = []
+_spares = []  # (event, pinned flag) pairs of flags already read
 
 
 def _out_of_range(targets, lead, n_classes, ignore, stream):
@@ -135,9 +136,10 @@ def _flag(ad, bad, error, wait):
         if row >= 0:
             raise error(row)
         return
-    host = ad.cuda.pinned_array(1, np.int64)
+    # pinned memory and events are reused: allocating pinned memory costs far more than a launch
+    event, host = _spares.pop() if _spares else (ad.cuda.event(),
+                                                  ad.cuda.pinned_array(1, np.int64))
     bad.copy_to_host(host, stream=stream)
-    event = ad.cuda.event()
     event.record(stream)
     _pending.append(_Pending(event, host, error))
 
@@ -146,18 +148,19 @@ def check_targets(wait=True):
     """Raises the ``IndexError`` of the earliest earlier call whose class indices were out of
     range, among those whose flag has reached the host (``wait``: all of them, waiting for
     their work); forgets the flags it has read."""
-    done, first = [], None
+    still, row, error = [], -1, None
     for p in _pending:
         if wait:
             p.event.synchronize()
         elif not getattr(p.event, "query", lambda: True)():  # (the simulator has no query)
+            still.append(p)
             continue
-        done.append(p)
-        if first is None and p.flag[0] >= 0:
-            first = p
-    _pending[:] = [p for p in _pending if p not in done]
-    if first is not None:
-        raise first.error(int(first.flag[0]))
+        if error is None and p.flag[0] >= 0:
+            row, error = int(p.flag[0]), p.error
+        _spares.append((p.event, p.flag))
+    _pending[:] = still
+    if error is not None:
+        raise error(row)
 
 
 def _overlaps(a, b):
