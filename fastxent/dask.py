@@ -90,20 +90,14 @@ def _finish(p, rank, t, *, ignore_index):
 
 
 def _inputs(logits, targets):
-    if not isinstance(logits, da.Array):
-        raise TypeError(f"logits must be a dask array, got {type(logits).__name__} (for NumPy "
-                        "arrays use fastxent.token_stats)")
-    if not _dtypes.is_float(logits.dtype):
-        _checks.logits_format(_dtypes.name(logits.dtype), logits.shape, shown=logits.dtype)
-    if logits.ndim == 0:
-        raise ValueError("logits must have at least one dimension (the classes, last)")
+    _checks.instances((("logits", logits),), da.Array,
+                      "a dask array (for NumPy arrays use fastxent.token_stats)", none_ok=False)
+    _checks.logits_format(_dtypes.name(logits.dtype), logits.shape, shown=logits.dtype)
     _checks.classes(logits.shape)
     t = da.asarray(targets)
-    if t.dtype.kind not in "iu":
-        raise TypeError(f"targets must be integer class indices, got dtype {t.dtype}")
-    if t.shape != logits.shape[:-1]:
-        raise ValueError(f"targets has shape {t.shape}: expected the logits' shape without the "
-                         f"classes, {logits.shape[:-1]}")
+    _checks.integers(t.dtype, "targets", "integer class indices")
+    _checks.shape_of(t.shape, logits.shape[:-1], "targets", "the logits' shape without the "
+                     "classes,")
     return t.rechunk(logits.chunks[:-1])
 
 

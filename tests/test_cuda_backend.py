@@ -622,11 +622,13 @@ def test_categorical_terms_and_gradient_match_the_reference(rng, eps):
     rs = rng.uniform(0.5, 2.0, n)
     want_grad = np.empty((n, v))
     want, _ = reference.binary(2, p, q, eps=eps, grad=want_grad, scale=(rs, None))
-    stream = cuda.default_stream()
+    be = kc.on(cuda.default_stream(), lambda shape, dtype: cuda.device_array(shape, dtype))
     grad = cuda.device_array((n, v), np.float64)
     total = cuda.device_array(1, np.float64)
-    flag = kc.binary(2, cuda.to_device(p), cuda.to_device(q), (None, None, None), None, eps, None,
-                     grad, (cuda.to_device(rs), None), 1.0, total, stream)
+    rows, bad = be.binary(2, cuda.to_device(p), cuda.to_device(q), (None, None, None), None, eps,
+                          None, grad, (cuda.to_device(rs), None))
+    np.testing.assert_allclose(rows.copy_to_host(), want, rtol=1e-12)
+    flag = be.binary_total(rows, bad, 1.0, total)
     assert int(flag.copy_to_host()[0]) == 0
     np.testing.assert_allclose(total.copy_to_host()[0], want.sum(), rtol=1e-12)
     np.testing.assert_allclose(grad.copy_to_host(), want_grad, rtol=1e-12, atol=1e-300)

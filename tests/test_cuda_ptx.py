@@ -10,7 +10,9 @@ import pytest
 
 cuda = pytest.importorskip("numba.cuda")
 kernels = pytest.importorskip("fastxent.kernels.cuda.softmax")
+from fastxent.core.codes import INDEX, PROBS  # noqa: E402
 from fastxent.kernels.cuda import plan  # noqa: E402
+from fastxent.kernels.interface import LossCall, LossOut  # noqa: E402
 
 N, V = 8, 1001
 FACTS = (132, 50 << 20)  # an H100: multiprocessors, L2 bytes
@@ -48,25 +50,26 @@ def launches(dtype, variant):
     them alike)."""
     x = np.zeros((N, V), STORAGE[dtype])
     compute = np.float64 if dtype == "float64" else np.float32
+    index, none = np.zeros(N, np.int64), np.zeros(N, compute)
+
+    def call(*args, **grad):
+        return plan.call(LossCall(*args, **grad), LossOut(*outs), _scratch, _dummy, FACTS)[0]
+
+    outs = (np.zeros(1, compute),)
     if variant == "fused":
-        return plan.call(x, plan.INDEX, np.zeros(N, np.int64), -100, None, None, 0.0, 0.0, None,
-                         False, "mean", 1.0, None, np.zeros_like(x), np.zeros(1, compute),
-                         _scratch, _dummy, FACTS)[0]
+        return call(x, INDEX, index, -100, None, 0.0, 0.0, None, "mean", grad=np.zeros_like(x))
     if variant == "options":  # probabilities, weights, smoothing, soft-cap, per-row grad_output
-        return plan.call(x, plan.PROBS, None, -100, np.zeros_like(x), np.ones(V, compute), 0.1,
-                         1e-4, 30.0, True, "none", 0.0, np.ones(N), x, np.zeros(N, compute),
-                         _scratch, _dummy, FACTS)[0]
+        outs = (none,)
+        return call(x, PROBS, np.zeros_like(x), -100, np.ones(V, compute), 0.1, 1e-4, 30.0,
+                    "none", grad_output=0.0, grad_rows=np.ones(N), grad=x)
     if variant in ("parts", "parts-none"):  # return_z_loss and return_lse: z-loss and lse
         red = "none" if variant == "parts-none" else "mean"
         rows = N if red == "none" else 1
-        return plan.call(x, plan.INDEX, np.zeros(N, np.int64), -100, None, None, 0.0, 1e-4, None,
-                         False, red, 1.0, None, None, np.zeros(rows, compute), _scratch, _dummy,
-                         FACTS, (np.zeros(rows, compute), np.zeros(N, compute)))[0]
+        outs = (np.zeros(rows, compute), np.zeros(rows, compute), none)
+        return call(x, INDEX, index, -100, None, 0.0, 1e-4, None, red)
     if variant == "split":  # batch-1 scoring: one row cut across blocks, fused
         x = np.zeros((1, 256000), STORAGE[dtype])
-        return plan.call(x, plan.INDEX, np.zeros(1, np.int64), -100, None, None, 0.0, 0.0, None,
-                         False, "mean", 1.0, None, x, np.zeros(1, compute), _scratch, _dummy,
-                         FACTS)[0]
+        return call(x, INDEX, np.zeros(1, np.int64), -100, None, 0.0, 0.0, None, "mean", grad=x)
     return plan.lse_call(x, None, np.zeros(N, compute), _scratch, _dummy, FACTS)
 
 

@@ -1,5 +1,5 @@
 """The per-token statistics from the backends' partials (``token_partials`` in
-``fastxent/kernels/__init__.py``): how the partials of column chunks and vocabulary shards merge,
+``fastxent/kernels/interface.py``): how the partials of column chunks and vocabulary shards merge,
 and what they finish into::
 
     lse     = m + log s

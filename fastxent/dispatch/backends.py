@@ -1,6 +1,6 @@
 """Backend registry and the ``backend="auto"`` choice.
 
-Backends are modules implementing the interface described in ``fastxent/kernels/__init__.py``.
+Backends are modules implementing the interface of ``fastxent/kernels/interface.py``.
 They are imported on first use, so a missing optional dependency only matters to the backend that
 needs it.
 """

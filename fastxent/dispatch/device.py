@@ -18,14 +18,17 @@ from typing import Callable, NamedTuple
 import numpy as np
 
 from ..core import dtypes as _dtypes
+from ..core.codes import INDEX, PROBS
 from ..core.partials import finish
+from ..kernels.interface import LossCall, LossOut
 from . import arrays as _arrays
 from . import backends as _dispatch
 from . import checks as _checks
 
 
-def _backend():
-    return _dispatch.load("cuda")
+def _backend(ad):
+    """The CUDA backend bound to the stream of the arrays that ``ad`` adapts."""
+    return _dispatch.load("cuda").on(ad.stream(), ad.scratch)
 
 
 def _logits(ad, logits):
@@ -64,9 +67,7 @@ def _weight(ad, weight, n_classes, compute):
     if _arrays.is_device(weight):
         other = _arrays.adapter(weight)
         dname, wshape = other.dtype_name(weight), other.shape(weight)
-        if dname not in _dtypes.SUPPORTED:
-            raise TypeError(f"weight on the GPU has dtype {dname}, expected one of "
-                            f"{', '.join(_dtypes.SUPPORTED)}")
+        _checks.logits_format(dname, wshape, name="weight")
         _checks.weight_shape(wshape, n_classes)
         # the kernels read float32 or float64 weights; half precision is widened (V values)
         return other.view(weight) if dname in ("float32", "float64") else other.float64(weight)
@@ -80,14 +81,7 @@ def _grad_output(ad, value, reduction, lead):
         return float(value), None
     if _arrays.is_device(value):
         other = _arrays.adapter(value)
-        gshape = other.shape(value)
-        size = int(np.prod(gshape))
-        if reduction != "none" and size != 1:
-            raise ValueError(f"grad_output has shape {gshape}; with reduction={reduction!r} the "
-                             "loss is a scalar, so grad_output must be one")
-        if reduction == "none" and gshape != tuple(lead) and size != 1:
-            raise ValueError(f"grad_output on the GPU has shape {gshape}: it must have the loss "
-                             f"shape {tuple(lead)} or hold one value")
+        _checks.grad_output_shape(other.shape(value), reduction, lead)
         return 0.0, other.float64(value).reshape(-1)
     g = _checks.grad_output(value, reduction, lead)
     if reduction != "none":
@@ -98,12 +92,11 @@ def _grad_output(ad, value, reduction, lead):
 
 def _gpu_logits(logits):
     """(backend, adapter, dtype name, shape, lead shape, V, N) of GPU logits, checked."""
-    be = _backend()
     ad = _arrays.adapter(logits)
     dname, shape = _logits(ad, logits)
     _checks.classes(shape)
     lead, v = shape[:-1], shape[-1]
-    return be, ad, dname, shape, lead, v, int(np.prod(lead))
+    return _backend(ad), ad, dname, shape, lead, v, int(np.prod(lead))
 
 
 class _Pending(NamedTuple):
@@ -242,14 +235,13 @@ def cross_entropy(logits, targets, weight, options, *, grad=False, grad_output=1
     res = ad.empty(per_row, compute)
     z_res = ad.empty(per_row, compute) if parts[0] else None
     lse_res = ad.empty((n,), compute) if parts[1] else None
-    stream = ad.stream()
-    bad = be.run(x, be.INDEX if kind == "index" else be.PROBS, t if kind == "index" else None,
-                 ignore, t if kind == "prob" else None, w, eps, z, cap, eps > 0, red, go, go_rows,
-                 grad_view, ad.view(res), stream, ad.scratch,
-                 tuple(None if a is None else ad.view(a) for a in (z_res, lse_res)))
+    call = LossCall(x, INDEX if kind == "index" else PROBS, t, ignore, w, eps, z, cap, red, go,
+                    go_rows, grad_view)
+    bad = be.cross_entropy(call, LossOut(*(None if a is None else ad.view(a)
+                                           for a in (res, z_res, lse_res))))
     if kind == "index" and not checked_targets:
         # host arrays come back to the host anyway: their call waits, and raises at once
-        _flag(ad, bad, _out_of_range(t, lead, v, ignore, stream), wait or ad.kind == "host")
+        _flag(ad, bad, _out_of_range(t, lead, v, ignore, be.stream), wait or ad.kind == "host")
 
     def per_row_result(a):
         return _unshifted(ad, ad.reshape(a, lead), s) if red == "none" else ad.scalar(a)
@@ -286,10 +278,9 @@ def _host_gradient(ad, grad_view, shape, logits, inplace, out):
 def _check_inplace(ad, logits, inputs):
     if ad.kind == "host":
         _checks.inplace_target(logits, inputs)
-    elif not ad.is_contiguous(logits):
-        raise ValueError("inplace=True needs C-contiguous logits on the GPU (the gradient is "
-                         "written over them)")
     else:
+        _checks.contiguous(ad.is_contiguous(logits), "inplace=True needs C-contiguous logits on "
+                           "the GPU (the gradient is written over them)")
         _checks.apart(logits, "logits (overwritten by inplace=True)", inputs,
                       _on_device_overlap)
 
@@ -298,25 +289,22 @@ def _check_out(ad, out, logits, dname, shape, inputs):
     if ad.kind == "host":
         _checks.out_array(out, _checks.logits_array(logits), (("logits", logits),) + inputs)
         return
-    if _arrays.adapter(out).kind != ad.kind:
-        raise TypeError(f"out must be an array of the same kind as logits ({ad.kind}), got "
-                        f"{type(out).__name__}")
+    _checks.same_kind(out, _arrays.adapter(out).kind, ad.kind)
     _checks.like_logits(ad.shape(out), ad.dtype_name(out), shape, dname)
-    if not ad.is_contiguous(out):
-        raise ValueError("out must be C-contiguous")
+    _checks.contiguous(ad.is_contiguous(out), "out must be C-contiguous")
     _checks.apart(out, "out", (("logits", logits),) + inputs, _on_device_overlap)
 
 
 def logsumexp(logits):
     """``losses.cross_entropy.logsumexp`` on the GPU."""
-    be = _backend()
     ad = _arrays.adapter(logits)
     dname, shape = _logits(ad, logits)
+    be = _backend(ad)
     lead, v = shape[:-1], shape[-1]
     n = int(np.prod(lead))
     x = ad.view(logits).reshape(n, v)
     res = ad.empty((n,), "float64" if dname == "float64" else "float32")
-    be.logsumexp(x, None, ad.view(res), ad.stream(), ad.scratch)
+    be.logsumexp(x, None, ad.view(res))
     return ad.reshape(res, lead)
 
 
@@ -331,13 +319,11 @@ def token_stats(logits, targets, *, ignore_index):
               else np.asarray(targets))
     stream.synchronize()
     kind, t = _checks.targets(host_t, shape, ignore)
-    if kind != "index":
-        raise TypeError("token_stats needs integer class indices as targets, got "
-                        f"dtype {host_t.dtype}")
+    _checks.index_targets(kind, host_t.dtype, "token_stats")
     ignored = t < 0
     codes = ad.cuda.to_device(np.where(ignored, IGNORED, t), stream=stream)
     x = ad.view(logits).reshape(n, v)
-    stats, ints = be.token_partials(x, codes, None, stream)
+    stats, ints = be.token_partials(x, codes)
     stats, ints = stats.copy_to_host(stream=stream), ints.copy_to_host(stream=stream)
     stream.synchronize()
     return tuple(f.reshape(lead) for f in finish(stats, ints, ignored))
@@ -348,8 +334,8 @@ def binary(kind, logits, targets, weights, pos_weight, eps, reduction, grad, gra
     """The element-wise binary losses on the GPU (``fastxent.losses.family`` checks the arguments
     and factors the weights on the host): ``(loss, gradient or None)``, both on the device in the
     caller's kind of array; a mean or a sum is a 0-d float64 array."""
-    be = _backend()
     ad = _arrays.adapter(logits)
+    be = _backend(ad)
     dname, shape = ad.dtype_name(logits), ad.shape(logits)
     _checks.logits_format(dname, shape, scalar_ok=True)
     v = shape[-1] if shape else 1
@@ -359,18 +345,13 @@ def binary(kind, logits, targets, weights, pos_weight, eps, reduction, grad, gra
     x = ad.view(logits).reshape(n, v)
     if _arrays.is_device(targets):
         other = _arrays.adapter(targets)
-        if other.shape(targets) != tuple(shape):
-            raise ValueError(f"targets has shape {other.shape(targets)}: expected the input's "
-                             f"shape {tuple(shape)}")
-        if other.dtype_name(targets) not in _dtypes.SUPPORTED:
-            raise TypeError("targets on the GPU must be floats (float16, bfloat16, float32 or "
-                            f"float64), got {other.dtype_name(targets)}")
+        _checks.shape_of(other.shape(targets), shape, "targets", "the input's shape")
+        _checks.logits_format(other.dtype_name(targets), shape, name="targets on the GPU",
+                              scalar_ok=True)
         t = other.view(targets).reshape(n, v)
     else:
         h = _checks.host_array(targets, "targets")
-        if h.shape != tuple(shape):
-            raise ValueError(f"targets has shape {h.shape}: expected the input's shape "
-                             f"{tuple(shape)}")
+        _checks.shape_of(h.shape, shape, "targets", "the input's shape")
         if not _dtypes.is_float(h.dtype):
             h = h.astype(compute)
         t = ad.cuda.to_device(_dtypes.storage_view(np.ascontiguousarray(h)).reshape(n, v),
@@ -397,14 +378,14 @@ def binary(kind, logits, targets, weights, pos_weight, eps, reduction, grad, gra
             gview = ad.view(g).reshape(n, v)
     scale = (None, None) if grad_scale is None else tuple(dev(a) for a in grad_scale)
     size = n * v
-    flag = be.binary(kind, x, t, tuple(dev(a) for a in weights), dev(pos_weight), eps,
-                     None if losses is None else ad.view(losses).reshape(-1), gview, scale,
-                     1.0 / size if reduction == "mean" and size else
-                     (float("nan") if reduction == "mean" else 1.0), ad.view(total), stream)
+    row_sums, bad = be.binary(kind, x, t, tuple(dev(a) for a in weights), dev(pos_weight), eps,
+                              None if losses is None else ad.view(losses).reshape(-1), gview,
+                              scale)
+    flag = be.binary_total(row_sums, bad, 1.0 / size if reduction == "mean" and size else
+                           (float("nan") if reduction == "mean" else 1.0), ad.view(total))
     count = flag.copy_to_host(stream=stream)
     stream.synchronize()
-    if int(count[0]):
-        raise ValueError(f"{count_name} must be in [0, 1] ({int(count[0])} elements are not)")
+    _checks.none_outside_unit(int(count[0]), count_name)
     loss = losses if reduction == "none" else ad.scalar(total)
     if ad.kind == "host":
         loss = ad.host(loss).reshape(shape) if reduction == "none" else float(ad.host(total)[0])

@@ -5,7 +5,6 @@ batches, nor on how the work was split among evaluators that are merged at the e
 """
 
 import math
-import numbers
 from dataclasses import dataclass, field
 from typing import Dict, Optional
 
@@ -175,7 +174,7 @@ class Evaluator:
     """
 
     def __init__(self, topk=(1, 5, 10), *, ignore_index=-100, backend="auto"):
-        self.topk = _topk(topk)
+        self.topk = _checks.topk(topk)
         self.ignore_index = _checks.ignore_index(ignore_index)
         self.backend = _dispatch.checked(backend)
         self.tokens = 0
@@ -210,12 +209,9 @@ class Evaluator:
         Everything is checked before anything is added: a call that raises leaves the
         evaluator as it was."""
         t = _checks.host_array(targets, "targets")
-        if t.dtype.kind not in "iu":
-            raise TypeError(f"targets must be integer class indices, got dtype {t.dtype}")
+        _checks.integers(t.dtype, "targets", "integer class indices")
         for name, values in zip(TokenStats._fields, stats):
-            if np.shape(values) != t.shape:
-                raise ValueError(f"stats.{name} has shape {np.shape(values)}, expected the "
-                                 f"targets' shape {t.shape}")
+            _checks.shape_of(np.shape(values), t.shape, f"stats.{name}", "the targets' shape")
         valid = t != self.ignore_index
         sequences = [] if sequence_ids is None else _sequence_sums(
             stats.nll, valid, t.shape, sequence_ids)
@@ -275,33 +271,10 @@ class Evaluator:
                           sequences=sequences)
 
 
-def _topk(topk):
-    """The sorted distinct k of ``topk``: one positive integer or a sequence of them."""
-    ks = (topk,) if isinstance(topk, numbers.Integral) else topk
-    try:
-        ks = tuple(ks)
-    except TypeError:
-        raise TypeError(f"topk must hold positive integers (one k, or a sequence of them), "
-                        f"got {type(topk).__name__}") from None
-    if not ks or any(isinstance(k, (bool, np.bool_)) or not isinstance(k, numbers.Integral)
-                     or k < 1 for k in ks):
-        raise ValueError(f"topk must hold positive integers (one k, or a sequence of them), "
-                         f"got {topk!r}")
-    return tuple(sorted({int(k) for k in ks}))
-
-
 def _sequence_sums(nll, valid, shape, sequence_ids):
     """(id, NLL sum, scored tokens) of each sequence in a batch, from the ids of its tokens:
     the targets' ``shape``, or one id per row of 2-D targets."""
-    ids = _checks.host_array(sequence_ids, "sequence_ids")
-    if ids.dtype.kind not in "iu":
-        raise TypeError(f"sequence_ids must be integers, got dtype {ids.dtype}")
-    if ids.shape != shape:
-        if len(shape) == 2 and ids.shape == shape[:1]:
-            ids = np.broadcast_to(ids[:, None], shape)
-        else:
-            raise ValueError(f"sequence_ids has shape {ids.shape}: expected the targets' "
-                             f"shape {shape}, or {shape[:1]} for 2-D targets")
+    ids = _checks.sequence_ids(sequence_ids, shape)
     uniq, inv = np.unique(ids.ravel(), return_inverse=True)
     sums = np.bincount(inv, weights=np.where(valid, nll, 0.0).ravel(), minlength=uniq.size)
     counts = np.bincount(inv, weights=valid.ravel(), minlength=uniq.size)

@@ -1,6 +1,6 @@
 """Float64 NumPy twin of every kernel: the test oracle and the portable fallback backend.
 
-It implements the backend interface (see ``fastxent/kernels/__init__.py``) with plain NumPy in
+It implements the backend interface (``fastxent.kernels.interface``) with plain NumPy in
 float64, one block of rows at a time so that its temporaries stay bounded. It favours clarity over
 speed: each statistic is written the way the math reads.
 """
@@ -9,6 +9,7 @@ import numpy as np
 
 from ..core.codes import BINARY_LOGITS, BINARY_PROBS, CATEGORICAL
 from ..core.dtypes import decode, encode_into
+from . import host as _host
 
 name = "numpy"
 
@@ -37,12 +38,18 @@ def _lse(y):
     return np.where(finite[..., 0] | np.isnan(m[..., 0]), out, m[..., 0])
 
 
-def logsumexp(x, softcap=None):
+def logsumexp(x, softcap=None, out=None):
+    """The log-sum-exp of each row of ``x`` (soft-capped), float64, into ``out`` when given."""
     n, v = x.shape
-    out = np.empty(n)
+    out = np.empty(n) if out is None else out
     for rows in _row_blocks(n, v):
         out[rows] = _lse(_capped(x[rows], softcap))
     return out
+
+
+def cross_entropy(call, out):
+    """``interface.Backend.cross_entropy``: the whole call from :func:`rows`."""
+    return _host.cross_entropy(rows, call, out)
 
 
 def rows(x, targets, weight, softcap, want_sy, coef=None, grad=None):

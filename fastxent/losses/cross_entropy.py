@@ -1,56 +1,22 @@
-"""Public functions: argument checking, normalisation to 2-D storage views, dispatch, reduction.
-
-Kernels return per-row statistics (``fastxent/kernels/__init__.py``); the losses of every option
-are assembled from them here in float64, in O(N) work.
+"""The softmax cross-entropy's public functions: the user's arguments checked (``checks``) and
+normalised into one ``LossCall`` (``fastxent.kernels.interface``), which the chosen backend
+computes; calls on GPU arrays are adapted to the device by ``fastxent.dispatch.device``.
 """
-
-from dataclasses import dataclass
 
 import numpy as np
 
 from ..core import dtypes as _dtypes
-from ..core import formulas
+from ..core.codes import INDEX, PROBS
 from ..core.dtypes import compute_dtype, storage_view
 from ..dispatch import backends as _dispatch
 from ..dispatch import checks as _checks
 from ..dispatch import device as _device
+from ..kernels.interface import LossCall, LossOut
 
 
-@dataclass
-class _Problem:
-    backend: object
-    dtype: np.dtype  # the logits' own dtype
-    x: np.ndarray  # (N, V) storage view, C-contiguous
-    kind: str  # "index" or "prob"
-    targets: np.ndarray  # (N,) int64 with -1 = ignored, or (N, V) storage view of probabilities
-    weight: object  # (V,) float64 or None
-    smoothing: float
-    z_loss: float
-    softcap: object
-    reduction: str
-    lead: tuple  # logits.shape[:-1]
-    valid: np.ndarray  # (N,) bool
-    denom: float  # what "mean" divides the cross-entropy by
-    n_valid: int  # what "mean" divides the z-loss by
-    shift: int = 0  # targets ``shift`` positions ahead (``checks.shifted``)
-
-    @property
-    def n_classes(self):
-        return self.x.shape[1]
-
-    def per_row(self, values):
-        """(N,) float64 values of the rows as the user sees them: the compute type, the loss's
-        shape (without the last ``shift`` positions, which have no target)."""
-        return _checks.unshifted(values.astype(compute_dtype(self.dtype)).reshape(self.lead),
-                                 self.shift)
-
-    @property
-    def weight_sum(self):
-        return float(self.n_classes) if self.weight is None else float(self.weight.sum())
-
-
-def _prepare(logits, targets, weight, options, backend, shift=0):
-    """The user's arguments, checked (``options`` already), as a :class:`_Problem`."""
+def _host_call(logits, targets, weight, options, backend, shift=0):
+    """``(backend, logits array, shift, LossCall)`` of a call on host arrays, every argument
+    checked (``options`` already, by ``checks.loss_options``)."""
     red, ignore, eps, z, cap = options
     a = _checks.logits_array(logits)
     _checks.classes(a.shape)
@@ -59,26 +25,41 @@ def _prepare(logits, targets, weight, options, backend, shift=0):
     if s:
         targets = _checks.shifted(targets, a.shape[:-1], s, ignore, a.shape[-1])
     kind, t = _checks.targets(targets, a.shape, ignore)
-    return _problem(_dispatch.choose(backend, a), a, kind, t, w, eps, z, cap, red, s)
+    return _dispatch.choose(backend, a), a, s, _loss_call(a, kind, t, w, eps, z, cap, red)
 
 
-def _problem(be, a, kind, t, w, eps, z, cap, red, shift=0):
-    """A :class:`_Problem` from checked values: ``a`` the logits (..., V), ``t`` int64 class
-    indices (N,) with -1 for ignored rows or probabilities like ``a``, ``w`` float64 or None."""
-    n_classes = a.shape[-1]
-    x = storage_view(np.ascontiguousarray(a)).reshape(-1, n_classes)
-    n = x.shape[0]
+def _loss_call(a, kind, t, w, eps, z, cap, red):
+    """The :class:`LossCall` of checked values: ``a`` the logits (..., V), ``t`` int64 class
+    indices with -1 for ignored rows or probabilities like ``a``, ``w`` float64 or None."""
+    v = a.shape[-1]
+    x = storage_view(np.ascontiguousarray(a)).reshape(-1, v)
     if kind == "index":
-        valid = t >= 0
-        n_valid = int(np.count_nonzero(valid))
-        denom = float(n_valid) if w is None else float(w[t[valid]].sum())
-    else:
-        t = storage_view(np.ascontiguousarray(t)).reshape(-1, n_classes)
-        valid = np.ones(n, dtype=bool)
-        n_valid = n
-        denom = float(n)  # as PyTorch: probability targets average over rows, whatever the weights
-    return _Problem(be, a.dtype, x, kind, t, w, eps, z, cap, red, a.shape[:-1], valid, denom,
-                    n_valid, shift)
+        return LossCall(x, INDEX, t.reshape(-1), -1, w, eps, z, cap, red)
+    t = storage_view(np.ascontiguousarray(t)).reshape(-1, v)
+    return LossCall(x, PROBS, t, -1, w, eps, z, cap, red)
+
+
+def _run(be, a, s, call, parts):
+    """The loss, or with the parts asked for ``(loss, z_loss, lse)`` (see :func:`cross_entropy`),
+    of ``call`` on the host backend ``be``: a Python float for a mean or a sum, else per row in
+    the compute type, shaped as the loss (without the last ``s`` positions, which have no
+    target)."""
+    n = call.x.shape[0]
+    per_row = call.reduction == "none"
+    out = LossOut(np.zeros(n if per_row else 1), np.zeros(n if per_row else 1) if parts[0]
+                  else None, np.zeros(n) if parts[1] else None)
+    be.cross_entropy(call, out)
+
+    def result(values, rows):
+        if not rows:
+            return float(values[0])
+        return _checks.unshifted(values.astype(compute_dtype(a.dtype)).reshape(a.shape[:-1]), s)
+
+    loss = result(out.loss, per_row)
+    if not any(parts):
+        return loss
+    return (loss,) + ((result(out.z, per_row),) if parts[0] else ()) + (
+        (result(out.lse, True),) if parts[1] else ())
 
 
 def chunk_losses(x, targets, *, weight, label_smoothing, z_loss, softcap, backend="auto",
@@ -90,108 +71,14 @@ def chunk_losses(x, targets, *, weight, label_smoothing, z_loss, softcap, backen
     ignored rows, or probabilities like ``x``. With ``scale`` (each row's upstream gradient, or
     one for all), the gradient is written over ``x``. Returns ``(losses, lse)``: ``lse``, each
     row's log-sum-exp (0 for ignored rows), when asked for, else None."""
-    kind = "index" if targets.ndim == 1 else "prob"
-    p = _problem(_dispatch.choose(backend, x), x, kind, targets, weight, label_smoothing, z_loss,
-                 softcap, "none")
-    if scale is None:
-        stats = _stats(p)
-    else:
-        s = np.broadcast_to(np.asarray(scale, np.float64), p.valid.shape)
-        stats = _stats(p, row_coefficients(s, s, p.valid, p.smoothing, p.n_classes, p.z_loss),
-                       p.x)
-    return _row_losses(p, stats), (_row_lse(p, stats) if lse else None)
-
-
-def _stats(p, coef=None, grad=None):
-    return p.backend.rows(p.x, p.targets, p.weight, p.softcap, p.smoothing > 0, coef, grad)
-
-
-def row_terms(stats, smoothing, n_classes, weight_sum, z_loss):
-    """Per-row (cross-entropy, z-loss) from the statistics ``[lse, Σwqy, Σwq, Σwy]``
-    (``formulas.row_loss`` on the arrays of rows; without a z-loss its term is the scalar 0)."""
-    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-        return formulas.row_loss(*stats.T, smoothing, z_loss, n_classes, weight_sum)
-
-
-def row_coefficients(scale, scale_z, valid, smoothing, n_classes, z_loss):
-    """(N, 3) float64 ``[c0, c1, c2]`` of the backends' gradient formula
-    (``formulas.coefficients``), for rows whose upstream gradient is ``scale`` (``scale_z`` for
-    the z-loss); zeros where not ``valid``."""
-    coef = np.zeros((valid.shape[0], 3))
-    with np.errstate(invalid="ignore", over="ignore"):
-        for k, c in enumerate(formulas.coefficients(scale[valid], scale_z[valid], smoothing,
-                                                    z_loss, n_classes)):
-            coef[valid, k] = c
-    return coef
-
-
-def _row_losses(p, stats):
-    """Per-row losses (float64, 0 for ignored rows) from ``[lse, Σwqy, Σwq, Σwy]``."""
-    ce, zt = row_terms(stats, p.smoothing, p.n_classes, p.weight_sum, p.z_loss)
-    with np.errstate(invalid="ignore", over="ignore"):
-        return np.where(p.valid, ce + zt, 0.0)
-
-
-def _row_lse(p, stats):
-    """Each row's log-sum-exp (float64), 0 for ignored rows (what ``return_lse`` gives)."""
-    return np.where(p.valid, stats[:, 0], 0.0)
-
-
-def _loss(p, stats):
-    """Per-row losses from ``[lse, Σwqy, Σwq, Σwy]``, then the reduction."""
-    if p.reduction == "none":
-        return p.per_row(_row_losses(p, stats))
-    ce, zt = row_terms(stats, p.smoothing, p.n_classes, p.weight_sum, p.z_loss)
-    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-        ce = np.where(p.valid, ce, 0.0)
-        zt = np.where(p.valid, zt, 0.0)
-        if p.reduction == "sum":
-            return float(np.sum(ce) + np.sum(zt))
-        return float(np.float64(np.sum(ce)) / p.denom + np.float64(np.sum(zt)) / p.n_valid)
-
-
-def z_part(lse, z_loss, reduction, n_valid):
-    """The z-loss term of rows whose log-sum-exps are ``lse`` (0 for rows that do not count),
-    reduced as the loss is: per row for "none", their sum, or their mean over the ``n_valid``
-    counted rows (NumPy arrays or tensors)."""
-    rows = z_loss * lse * lse if z_loss else lse * 0.0
-    if reduction == "none":
-        return rows
-    total = rows.sum()
-    return total if reduction == "sum" else total / n_valid
-
-
-def _result(p, stats, want_z, want_lse):
-    """The loss, or with the parts asked for ``(loss, z_loss, lse)`` (see :func:`cross_entropy`):
-    the z-loss term reduced as the loss is, and each row's log-sum-exp (0 for ignored rows)."""
-    loss = _loss(p, stats)
-    if not (want_z or want_lse):
-        return loss
-    lse = _row_lse(p, stats)
-    parts = (loss,)
-    if want_z:
-        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-            z = z_part(lse, p.z_loss, p.reduction, np.float64(p.n_valid))
-        parts += (p.per_row(z) if p.reduction == "none" else float(z),)
-    if want_lse:
-        parts += (p.per_row(lse),)
-    return parts
-
-
-def _coefficients(p, grad_output):
-    """(N, 3) float64 [c0, c1, c2] of the gradient formula for each row (zeros for ignored)."""
-    go = _checks.grad_output(grad_output, p.reduction, _checks.shifted_shape(p.lead, p.shift))
-    n = p.x.shape[0]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        if p.reduction == "none":
-            s = _checks.padded(go, p.lead, p.shift).reshape(-1)
-            s_z = s
-        elif p.reduction == "sum":
-            s = s_z = np.full(n, go)
-        else:
-            s = np.full(n, go / np.float64(p.denom))
-            s_z = np.full(n, go / np.float64(p.n_valid))
-    return row_coefficients(s, s_z, p.valid, p.smoothing, p.n_classes, p.z_loss)
+    call = _loss_call(x, "index" if targets.ndim == 1 else "prob", targets, weight,
+                      label_smoothing, z_loss, softcap, "none")
+    if scale is not None:
+        call = call._replace(grad_rows=np.asarray(scale, np.float64), grad=call.x)
+    n = call.x.shape[0]
+    out = LossOut(np.zeros(n), None, np.zeros(n) if lse else None)
+    _dispatch.choose(backend, x).cross_entropy(call, out)
+    return out.loss, out.lse
 
 
 def cross_entropy(logits, targets, *, reduction="mean", ignore_index=-100, weight=None,
@@ -297,8 +184,8 @@ def cross_entropy(logits, targets, *, reduction="mean", ignore_index=-100, weigh
     if _dispatch.uses_cuda(backend, logits):
         return _device.cross_entropy(logits, targets, weight, options, shift=shift,
                                      parts=(return_z_loss, return_lse), wait=bool(check_targets))
-    p = _prepare(logits, targets, weight, options, backend, shift)
-    return _result(p, _stats(p), return_z_loss, return_lse)
+    be, a, s, call = _host_call(logits, targets, weight, options, backend, shift)
+    return _run(be, a, s, call, (return_z_loss, return_lse))
 
 
 def cross_entropy_with_grad(logits, targets, *, reduction="mean", ignore_index=-100, weight=None,
@@ -350,35 +237,38 @@ def cross_entropy_with_grad(logits, targets, *, reduction="mean", ignore_index=-
     >>> g is logits
     True
     """
-    if inplace and out is not None:
-        raise ValueError("pass either out= or inplace=True, not both")
+    _checks.one_destination(out, inplace)
     options = _checks.loss_options(reduction, ignore_index, label_smoothing, z_loss, softcap)
     if _dispatch.uses_cuda(backend, logits):
         return _device.cross_entropy(logits, targets, weight, options, grad=True,
                                      grad_output=grad_output, out=out, inplace=inplace,
                                      shift=shift, parts=(return_z_loss, return_lse),
                                      wait=bool(check_targets))
-    p = _prepare(logits, targets, weight, options, backend, shift)
-    coef = _coefficients(p, grad_output)
+    be, a, s, call = _host_call(logits, targets, weight, options, backend, shift)
+    lead = a.shape[:-1]
+    go = _checks.grad_output(grad_output, call.reduction, _checks.shifted_shape(lead, s))
+    if call.reduction == "none":
+        call = call._replace(grad_rows=_checks.padded(go, lead, s).reshape(-1))
+    else:
+        call = call._replace(grad_output=float(go))
     inputs = (("targets", targets), ("weight", weight), ("grad_output", grad_output))
     if inplace:
         _checks.inplace_target(logits, inputs)
         target = logits
     elif out is not None:
-        target = _checks.out_array(out, _checks.logits_array(logits),
-                                   (("logits", logits),) + inputs)
+        target = _checks.out_array(out, a, (("logits", logits),) + inputs)
     else:
-        target = np.empty(p.lead + (p.n_classes,), dtype=p.dtype)
+        target = np.empty(a.shape, dtype=a.dtype)
     # straight into the destination when the kernels can write it (C order, native byte order;
     # in place: the logits themselves, not a converted copy of them), else through a buffer
     direct = (target.flags.c_contiguous and target.dtype.isnative
-              and (not inplace or np.shares_memory(p.x, target)))
+              and (not inplace or np.shares_memory(call.x, target)))
     buf = target if direct else np.empty(target.shape, _dtypes.native_dtype(target.dtype))
-    gview = storage_view(buf).reshape(-1, p.n_classes)
+    gview = storage_view(buf).reshape(call.x.shape)
     if inplace and not direct:
-        gview[...] = p.x  # the kernel reads the logits from where it writes the gradient
-        p.x = gview
-    loss = _result(p, _stats(p, coef, gview), return_z_loss, return_lse)
+        gview[...] = call.x  # the kernel reads the logits from where it writes the gradient
+    call = call._replace(x=gview if inplace else call.x, grad=gview)
+    loss = _run(be, a, s, call, (return_z_loss, return_lse))
     if not direct:
         np.copyto(target, buf)
     return loss, target
@@ -439,4 +329,5 @@ def logsumexp(logits, backend="auto"):
     if not n_classes:  # the log of an empty sum
         return np.full(a.shape[:-1], -np.inf, dtype=compute_dtype(a.dtype))
     x = storage_view(np.ascontiguousarray(a)).reshape(-1, n_classes)
-    return be.logsumexp(x).astype(compute_dtype(a.dtype)).reshape(a.shape[:-1])
+    lse = be.logsumexp(x, None, np.empty(x.shape[0]))
+    return lse.astype(compute_dtype(a.dtype)).reshape(a.shape[:-1])

@@ -2,7 +2,7 @@
 categorical cross-entropy from probabilities, entropy and KL divergence.
 
 Each streams over the last axis through a backend kernel (``binary``, ``token_partials``,
-``kl_logits`` in ``kernels/__init__.py``); sums and reductions are float64 here.
+``kl_logits`` in ``kernels/interface.py``); sums and reductions are float64 here.
 """
 
 import numpy as np
@@ -24,70 +24,6 @@ def _host_only(name, backend, array):
     return _dispatch.choose(backend, array)
 
 
-def _values(value, shape, name, like):
-    """A floating array of ``shape`` for ``value`` (targets): floats as they are (any supported
-    dtype), booleans and integers converted to the compute type of ``like``."""
-    t = _checks.host_array(value, name)
-    if t.shape != tuple(shape):
-        raise ValueError(f"{name} has shape {t.shape}: expected the input's shape "
-                         f"{tuple(shape)}")
-    if _dtypes.is_float(t.dtype) or t.dtype in (np.bool_, np.uint8, np.int8):
-        return t  # (booleans and bytes are read as they are: one byte per element)
-    if t.dtype.kind in "biu":
-        return t.astype(compute_dtype(like))
-    raise TypeError(f"{name} has dtype {t.dtype}, expected floats (or booleans/integers)")
-
-
-def _factors(value, shape, name, dtype):
-    """``value`` broadcast to ``shape``, as the kernels take it: ``(per class (V,), per row (N,),
-    per element (N, V))``, each None where it is not needed. Class and row factors are O(V) and
-    O(N); only a value that varies along both axes becomes an (N, V) array (copied into the
-    compute type unless it already is one, C-contiguous)."""
-    if value is None:
-        return None, None, None
-    w = _checks.real_dtype(_checks.host_array(value, name), name)
-    v = shape[-1] if len(shape) else 1
-    n = int(np.prod(shape[:-1], dtype=np.int64)) if len(shape) else 1
-    _checks.broadcast(w, shape, name, "the input's shape")
-    if w.ndim > len(shape):
-        raise ValueError(f"{name} has shape {w.shape}: more dimensions than the input's "
-                         f"{tuple(shape)}")
-    compute = compute_dtype(dtype)
-    lead_one = all(k == 1 for k in w.shape[:-1])
-    if w.ndim == 0 or lead_one:  # per class
-        return np.ascontiguousarray(np.broadcast_to(w.reshape(-1), (v,)), dtype=compute), \
-            None, None
-    if w.shape[-1] == 1:  # per row
-        rows = np.broadcast_to(w[..., 0], tuple(shape[:-1])).reshape(n)
-        return None, np.ascontiguousarray(rows, dtype=compute), None
-    full = np.broadcast_to(w, tuple(shape))
-    return None, None, np.ascontiguousarray(full, dtype=compute).reshape(n, v)
-
-
-def _pos_weight(value, shape, dtype):
-    """The positive-class weights, one per class (the last axis), in the compute type."""
-    if value is None:
-        return None
-    v = shape[-1] if len(shape) else 1
-    pw = _checks.real_values(value, "pos_weight")
-    pw = _checks.broadcast(pw, (v,), "pos_weight", "one weight per class,")
-    return np.ascontiguousarray(pw, dtype=compute_dtype(dtype))
-
-
-def _eps(eps, dtype):
-    """The clipping eps: None (clamp the logs at -100), "auto" (the dtype's machine epsilon, as
-    scikit-learn), or a number in (0, 1/2)."""
-    if eps is None:
-        return 0.0
-    if isinstance(eps, str):
-        if eps != "auto":
-            raise ValueError(f"eps={eps!r}: expected None, 'auto' or a number in (0, 0.5)")
-        if _dtypes.name(dtype) == "bfloat16":
-            return 2.0**-7  # (np.finfo does not know ml_dtypes' bfloat16)
-        return float(np.finfo(dtype).eps)
-    return _checks.real(eps, "eps", low=0.0, high=0.5, low_open=True)
-
-
 def _reduce(sums, losses, reduction, count, shape):
     if reduction == "none":
         return losses.reshape(shape)
@@ -101,21 +37,8 @@ def _raise_out_of_range(kind, a, t, bad):
     """When the kernel counted ``bad`` elements out of range: the message of the first one, in
     the probabilities (``a``, unless they are logits) or the targets ``t``."""
     if bad:
-        _raise_first_out_of_range(([] if kind == BINARY_LOGITS else [("probs", a, False)])
+        _checks.first_outside_unit(([] if kind == BINARY_LOGITS else [("probs", a, False)])
                                   + [("targets", t, False)])
-
-
-def _raise_first_out_of_range(checks):
-    """The message of the first element out of range, for ``(name, array, non-negative only)``
-    checks (the arrays are read again only on this error path)."""
-    for name, arr, low_only in checks:
-        flat = _dtypes.decode(_dtypes.row_view(arr)).reshape(-1)
-        bad = ~((flat >= 0) & (low_only | (flat <= 1)))
-        if bad.any():
-            k = int(np.argmax(bad))
-            pos = ", ".join(map(str, np.unravel_index(k, arr.shape))) if arr.ndim else ""
-            rule = ">= 0" if low_only else "in [0, 1]"
-            raise ValueError(f"{name} must be {rule}, got {name}[{pos}] = {flat[k]}")
 
 
 def _device_binary(kind, name, x, targets, weight, pos_weight, red, eps, grad, grad_output, out,
@@ -123,26 +46,24 @@ def _device_binary(kind, name, x, targets, weight, pos_weight, red, eps, grad, g
     """The GPU path: weights, pos_weight and grad_output are host values (factored here)."""
     from ..dispatch import arrays as _arrays
     from ..dispatch import device as _device
-    for label, value in (("weight", weight), ("pos_weight", pos_weight),
-                         ("grad_output", grad_output)):
-        if _arrays.is_device(value):
-            raise TypeError(f"{label} must be a host array or a number for GPU logits")
+    _checks.on_host((("weight", weight), ("pos_weight", pos_weight),
+                     ("grad_output", grad_output)), "GPU logits")
     ad = _arrays.adapter(x)
     shape, dname = tuple(ad.shape(x)), ad.dtype_name(x)
     _checks.logits_format(dname, shape, name=name, scalar_ok=True)
     like = np.dtype(np.float64 if dname == "float64" else np.float32)
-    pw = _pos_weight(pos_weight, shape, like)
+    pw = _checks.pos_weight(pos_weight, shape, like)
     size = int(np.prod(shape))
     gs = _grad_scale(grad_output, red, shape, size, like) if grad else None
-    weights = _factors(weight, shape, "weight", like)
+    weights = _checks.factors(weight, shape, "weight", like)
     what = "probs and targets" if kind == BINARY_PROBS else "targets"
+    clip = _checks.clip_eps(eps, like)
     if grad and (inplace or out is not None):
         # the kernel counts the inputs out of range while it writes: in the caller's memory,
         # a pass of its own checks them first, so that a refused call has written nothing
-        _device.binary(kind, x, targets, weights, pw, _eps(eps, like), "sum", False, None, None,
-                       False, what)
-    loss, g = _device.binary(kind, x, targets, weights, pw, _eps(eps, like), red, grad, gs, out,
-                             inplace, what)
+        _device.binary(kind, x, targets, weights, pw, clip, "sum", False, None, None, False, what)
+    loss, g = _device.binary(kind, x, targets, weights, pw, clip, red, grad, gs, out, inplace,
+                             what)
     return (loss, g) if grad else loss
 
 
@@ -159,14 +80,13 @@ def _binary_call(kind, name, x, targets, weight, pos_weight, reduction, eps, bac
               ("grad_output", grad_output))
     if grad and inplace:  # before any work: a refused call changes nothing
         _checks.inplace_target(x, inputs)
-        if not x.flags.c_contiguous:
-            raise ValueError(f"inplace=True needs C-contiguous {name}")
-    t = _values(targets, a.shape, "targets", a.dtype)
+        _checks.contiguous(x.flags.c_contiguous, f"inplace=True needs C-contiguous {name}")
+    t = _checks.binary_targets(targets, a.shape, "targets", a.dtype)
     xs, ts = _dtypes.row_view(a), _dtypes.row_view(t)
     n, v = xs.shape
-    weights = _factors(weight, a.shape, "weight", a.dtype)
-    pw = _pos_weight(pos_weight, a.shape, a.dtype)
-    clip = _eps(eps, a.dtype)
+    weights = _checks.factors(weight, a.shape, "weight", a.dtype)
+    pw = _checks.pos_weight(pos_weight, a.shape, a.dtype)
+    clip = _checks.clip_eps(eps, a.dtype)
     losses = np.empty((n, v), compute_dtype(a.dtype)) if red == "none" else None
     g = gview = None
     gs = (None, None)
@@ -205,7 +125,7 @@ def _grad_scale(grad_output, red, shape, size, dtype):
         go = float(_checks.grad_output(grad_output, red, ()))
         return np.full(n, go / size if red == "mean" and size else go), None
     go = _checks.grad_output(grad_output, red, shape)
-    cw, rw, ew = _factors(go, shape, "grad_output", dtype)
+    cw, rw, ew = _checks.factors(go, shape, "grad_output", dtype)
     if cw is not None:  # per class: as elements, it is rare
         ew = np.ascontiguousarray(np.broadcast_to(cw, (n, cw.size)))
     return (np.ones(n) if rw is None else rw.astype(np.float64)), ew
@@ -272,8 +192,7 @@ def binary_cross_entropy_with_logits_with_grad(logits, targets, *, weight=None, 
     >>> grad                                         # σ(0) - y
     array([[-0.5,  0.5]], dtype=float32)
     """
-    if inplace and out is not None:
-        raise ValueError("pass either out= or inplace=True, not both")
+    _checks.one_destination(out, inplace)
     return _binary_call(BINARY_LOGITS, "logits", logits, targets, weight, pos_weight, reduction,
                         None, backend, True, grad_output, out, inplace)
 
@@ -320,8 +239,7 @@ def binary_cross_entropy_with_grad(probs, targets, *, weight=None, reduction="me
     >>> grad                                        # (p - y) / (p·(1 - p))
     array([-2.,  5.])
     """
-    if inplace and out is not None:
-        raise ValueError("pass either out= or inplace=True, not both")
+    _checks.one_destination(out, inplace)
     return _binary_call(BINARY_PROBS, "probs", probs, targets, weight, None, reduction, eps,
                         backend, True, grad_output, out, inplace)
 
@@ -407,19 +325,15 @@ def _from_probs(probs, targets, weight, sample_weight, ignore_index, reduction, 
     lead = a.shape[:-1]
     n = int(np.prod(lead, dtype=np.int64))
     w = _checks.weight(weight, v)
-    clip = _eps(eps, a.dtype)
+    clip = _checks.clip_eps(eps, a.dtype)
     sw = np.ones(n)
     if sample_weight is not None:
-        s = _checks.real_values(sample_weight, "sample_weight")
-        if s.shape != lead:
-            raise ValueError(f"sample_weight has shape {s.shape}: expected one weight per row, "
-                             f"{lead}")
-        sw = s.reshape(-1)
+        sw = _checks.row_values(sample_weight, lead, "sample_weight", "one weight per row")
     go = None if grad_output is None else _checks.grad_output(grad_output, red, lead)
     t = _checks.host_array(targets, "targets")
     grad = None
     if _dtypes.is_float(t.dtype) or t.shape == a.shape:
-        q = _values(t, a.shape, "targets", a.dtype)
+        q = _checks.binary_targets(t, a.shape, "targets", a.dtype)
         denom_w = np.ones_like(sw)
         scale = None
         if go is not None:
@@ -430,16 +344,13 @@ def _from_probs(probs, targets, weight, sample_weight, ignore_index, reduction, 
                               None, clip, grad=None if grad is None else _dtypes.row_view(grad),
                               scale=scale or (None, None))
         if bad:
-            _raise_first_out_of_range([("probs", a, False), ("targets", q, True)])
+            _checks.first_outside_unit([("probs", a, False), ("targets", q, True)])
     else:
         _, ti = _checks.targets(t, a.shape, ignore)
         valid = ti >= 0
         flat = a.reshape(n, v)
         at = (np.arange(flat.shape[0])[valid], ti[valid])
-        pt = _dtypes.decode(flat[at])
-        if ((pt < 0) | (pt > 1)).any():
-            raise ValueError(f"probs must be in [0, 1], got {pt[(pt < 0) | (pt > 1)][0]} at a "
-                             "target")
+        pt = _checks.in_unit_interval(_dtypes.decode(flat[at]), "probs", "at a target")
         with np.errstate(divide="ignore"):
             if clip > 0:
                 logp = np.log(np.clip(pt, clip, 1.0 - clip))
@@ -483,9 +394,7 @@ def _row_scale(go, red, sw, denom, lead):
 
 
 def _kind(kind):
-    if kind not in _KINDS:
-        raise ValueError(f"kind={kind!r} is not one of {', '.join(map(repr, _KINDS))}")
-    return kind
+    return _checks.choice(kind, "kind", _KINDS)
 
 
 def entropy(x, *, kind="logits", eps=None, backend="auto"):
@@ -514,9 +423,9 @@ def entropy(x, *, kind="logits", eps=None, backend="auto"):
     if _kind(kind) == "logits":
         ent, _ = _entropy_and_lse(be, xs)
     else:
-        ent, bad = be.binary(CATEGORICAL, xs, xs, eps=_eps(eps, a.dtype))
+        ent, bad = be.binary(CATEGORICAL, xs, xs, eps=_checks.clip_eps(eps, a.dtype))
         if bad:
-            _raise_first_out_of_range([("x", a, False)])
+            _checks.first_outside_unit([("x", a, False)])
     return ent.astype(compute_dtype(a.dtype)).reshape(a.shape[:-1])
 
 
@@ -551,11 +460,11 @@ def kl_divergence(p, q, *, kind="logits", reduction="none", eps=None, backend="a
     if _kind(kind) == "logits":
         kl = be.kl_logits(_dtypes.row_view(a), _dtypes.row_view(b))[:, 0]
     else:
-        clip_a, clip_b = _eps(eps, a.dtype), _eps(eps, b.dtype)
+        clip_a, clip_b = _checks.clip_eps(eps, a.dtype), _checks.clip_eps(eps, b.dtype)
         cross, bad_b = be.binary(CATEGORICAL, _dtypes.row_view(b), _dtypes.row_view(a), eps=clip_b)
         ent, bad_a = be.binary(CATEGORICAL, _dtypes.row_view(a), _dtypes.row_view(a), eps=clip_a)
         if bad_a or bad_b:
-            _raise_first_out_of_range([("p", a, False), ("q", b, False)])
+            _checks.first_outside_unit([("p", a, False), ("q", b, False)])
         kl = np.maximum(cross - ent, 0.0)
     return _reduce_rows(kl, red, a)
 
@@ -565,8 +474,7 @@ def _pair(p, q, reduction, backend, name):
     a = _checks.logits_array(p, name="p")
     b = _checks.logits_array(q, name="q")
     red = _checks.reduction(reduction)
-    if a.shape != b.shape:
-        raise ValueError(f"p and q must have the same shape, got {a.shape} and {b.shape}")
+    _checks.same_shape("p and q", a.shape, b.shape)
     _checks.classes(a.shape)
     return a, b, red, _host_only(name, backend, p)
 
@@ -592,8 +500,7 @@ def _softmax_grads(be, a, xs, ys, lse_x, lse_y, value, go_rows):
 
 
 def _logits_only(kind, name):
-    if _kind(kind) != "logits":
-        raise ValueError(f"{name} has its gradient for kind='logits' only, got kind={kind!r}")
+    _checks.choice(kind, "kind", ("logits",), f"{name} has its gradient for kind='logits' only")
 
 
 def entropy_with_grad(x, *, kind="logits", grad_output=1.0, backend="auto"):

@@ -23,16 +23,15 @@ non-ignored rows, the cross-entropy over their summed class weights: see ``_scal
 passes its own, with PyTorch's.
 """
 
-import numbers
 from typing import NamedTuple
 
 import numpy as np
 
 from ..core import dtypes as _dtypes
 from ..core.formulas import capped_values, merge_rows
-from ..dispatch import arrays as _arrays
 from ..dispatch import backends as _dispatch
 from ..dispatch import checks as _checks
+from ..kernels import host as _host
 from . import cross_entropy as _api
 
 #: bytes of logits per chunk when ``chunk_size`` is not given. Each chunk of whole rows streams
@@ -48,19 +47,6 @@ MIN_ROWS = 64
 BLOCK_ROWS = 256
 
 
-def _chunk_error(chunk_size):
-    return ValueError(f"chunk_size={chunk_size!r} must be rows per chunk (a positive integer), "
-                      "a pair (rows, classes) of them, or None (chosen from a memory budget)")
-
-
-def _positive(value, chunk_size):
-    """``value``, a part of ``chunk_size``, as a positive int."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) \
-            or value < 1:
-        raise _chunk_error(chunk_size)
-    return int(value)
-
-
 def chunk_shape(chunk_size, n_rows, n_classes, itemsize, where, whole_rows=False):
     """(rows, classes) per chunk, ``classes`` None for whole rows: ``chunk_size`` when given (an
     int of rows, or a pair ``(rows, classes)``), else chosen from ``BUDGET[where]``: as many
@@ -73,36 +59,8 @@ def chunk_shape(chunk_size, n_rows, n_classes, itemsize, where, whole_rows=False
             return max(1, fit), None
         rows = max(1, min(BLOCK_ROWS, n_rows))
         return rows, max(1, BUDGET[where] // (rows * itemsize))
-    parts = chunk_size if isinstance(chunk_size, (tuple, list)) else (chunk_size,)
-    if not 1 <= len(parts) <= 2:
-        raise _chunk_error(chunk_size)
-    rows = _positive(parts[0], chunk_size)
-    classes = _positive(parts[1], chunk_size) if len(parts) == 2 else n_classes
-    if whole_rows and classes < n_classes:
-        raise ValueError(f"chunk_size={chunk_size!r}: blocks of classes take class-index "
-                         "targets; with probability targets, chunk by rows (chunk_size=rows)")
+    rows, classes = _checks.chunk_size(chunk_size, n_classes, whole_rows)
     return rows, (None if classes >= n_classes else classes)
-
-
-def shapes(h_shape, w_shape, b_shape, dnames):
-    """Check the shapes (and dtype names: hidden, weight, bias) of a linear cross-entropy call;
-    returns (leading shape, H, V)."""
-    if len(w_shape) != 2:
-        raise ValueError(f"weight has shape {tuple(w_shape)}: it must be 2-D, (V, H), the layout "
-                         "of torch.nn.Linear(H, V).weight")
-    v, hdim = w_shape
-    if len(h_shape) == 0 or h_shape[-1] != hdim:
-        raise ValueError(f"hidden has shape {tuple(h_shape)} and weight {tuple(w_shape)}: hidden's "
-                         f"last axis must be H = {hdim}, the second axis of weight (V, H)")
-    if v == 0:
-        raise ValueError(f"weight has shape {tuple(w_shape)}: V, its first axis, must not be 0")
-    if b_shape is not None and tuple(b_shape) != (v,):
-        raise ValueError(f"bias has shape {tuple(b_shape)}, expected ({v},): one per class")
-    names = [d for d in dnames if d is not None]
-    if len(set(names)) != 1:
-        raise TypeError("hidden, weight and bias must have one dtype, got "
-                        f"{', '.join(names)}")
-    return tuple(h_shape[:-1]), hdim, v
 
 
 def checked_options(label_smoothing, z_loss, softcap):
@@ -120,8 +78,7 @@ def targets(value, lead, n_classes, ignore, shift=0):
     logits_shape = tuple(lead) + (n_classes,)
     kind = _checks.target_kind(_dtypes.name(t.dtype), t.shape, logits_shape, shown=t.dtype)
     if kind == "prob":
-        if shift:
-            raise ValueError("shift= takes class-index targets, not probabilities")
+        _checks.no_shift_of_probabilities(shift)
         return t.reshape(-1, n_classes)
     if shift:
         t = _checks.shifted(t, lead, shift, ignore, n_classes)
@@ -276,12 +233,12 @@ def _class_blocks(ops, buf, hc, w, b, t, cw, options, classes, scale, grads, idx
         lse = np.where(top == np.inf, np.inf, top + np.log(sums))
     w_sum = float(v) if cw is None else float(cw.sum())
     yt = xt if cap is None else capped_values(xt, float(cap))
-    ce, zt = _api.row_terms(np.stack([lse, wt * yt, wt, swy], axis=-1), eps, v, w_sum,
+    ce, zt = _host.row_terms(np.stack([lse, wt * yt, wt, swy], axis=-1), eps, v, w_sum,
                             options["z_loss"])
     if grads is None:
         return ce + zt, lse
     s = np.broadcast_to(np.asarray(scale, np.float64), (m_rows,))
-    coef = _api.row_coefficients(s, s, np.ones(m_rows, bool), eps, v, options["z_loss"])
+    coef = _host.row_coefficients(s, s, np.ones(m_rows, bool), eps, v, options["z_loss"])
     partials = np.stack([top, sums], axis=-1)
     targets_ = np.stack([xt, wt], axis=-1)
     # the blocks backwards: the last one's logits are still in the buffer
@@ -425,8 +382,6 @@ class _NumpyOps:
             gb[cls] += g.sum(axis=0)
 
 
-_FLOATS = ("float32", "float64")
-
 
 class _Call(NamedTuple):
     """A NumPy call's arguments, checked."""
@@ -466,7 +421,7 @@ class _Call(NamedTuple):
         if want_z:
             n_valid = int(np.count_nonzero(valid(self.t)))
             with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-                z = _api.z_part(walk.lse, self.options["z_loss"], self.reduction, n_valid)
+                z = _host.z_part(walk.lse, self.options["z_loss"], self.reduction, n_valid)
             parts += (self.per_row(z) if self.reduction == "none" else float(z),)
         if want_lse:
             parts += (self.per_row(walk.lse),)
@@ -475,22 +430,10 @@ class _Call(NamedTuple):
 
 def _prepare(hidden, weight, targets_, bias, reduction, ignore_index, ce_weight, label_smoothing,
              z_loss, softcap, chunk_size, backend, shift):
-    for name, a in (("hidden", hidden), ("weight", weight), ("bias", bias)):
-        if _arrays.is_device(a) or getattr(a, "is_cuda", False):
-            raise TypeError(f"{name} is a GPU array ({type(a).__name__}): "
-                            "fx.linear_cross_entropy takes host arrays; for CUDA tensors use "
-                            "fastxent.torch.linear_cross_entropy (a CuPy array converts with "
-                            "torch.from_dlpack, without a copy)")
-    h = _checks.host_array(hidden, "hidden")
-    w = _checks.host_array(weight, "weight")
-    b = None if bias is None else _checks.host_array(bias, "bias")
-    for name, a in (("hidden", h), ("weight", w), ("bias", b)):
-        if a is not None and _dtypes.name(a.dtype) not in _FLOATS:
-            raise TypeError(f"{name} has dtype {a.dtype}: the NumPy linear cross-entropy takes "
-                            "float32 or float64 (NumPy has no fast half-precision matrix product; "
-                            "fastxent.torch.linear_cross_entropy takes bfloat16 and float16)")
-    lead, hdim, v = shapes(h.shape, w.shape, None if b is None else b.shape,
-                           (h.dtype.name, w.dtype.name, None if b is None else b.dtype.name))
+    h, w, b = _checks.linear_host_arrays(hidden, weight, bias)
+    lead, hdim, v = _checks.linear_shapes(
+        h.shape, w.shape, None if b is None else b.shape,
+        (h.dtype.name, w.dtype.name, None if b is None else b.dtype.name))
     red = _checks.reduction(reduction)
     ignore = _checks.ignore_index(ignore_index)
     s = _checks.shift(shift, h.shape, "hidden")

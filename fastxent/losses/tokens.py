@@ -1,6 +1,6 @@
 """Per-token statistics of a language model's logits, from one streaming pass over each row.
 
-The backends return partial statistics per row (``token_partials`` in ``kernels/__init__.py``):
+The backends return partial statistics per row (``token_partials`` in ``kernels/interface.py``):
 the maximum ``m``, ``s = Σ exp(y - m)``, ``w = Σ exp(y - m)·(y - m)``, the target's logit, the
 first column of the maximum and the count of logits above the target's; ``core.partials``
 merges them and turns them into the statistics users read.
@@ -45,9 +45,7 @@ def prepare(logits, targets, ignore_index):
     ignore = _checks.ignore_index(ignore_index)
     _checks.classes(a.shape)
     kind, t = _checks.targets(targets, a.shape, ignore)
-    if kind != "index":
-        raise TypeError("token_stats needs integer class indices as targets, got "
-                        f"dtype {np.asarray(targets).dtype}")
+    _checks.index_targets(kind, np.asarray(targets).dtype, "token_stats")
     x = storage_view(np.ascontiguousarray(a)).reshape(-1, a.shape[-1])
     ignored = t < 0
     codes = np.where(ignored, IGNORED, t)

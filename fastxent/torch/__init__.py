@@ -257,14 +257,11 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
     0.000584
     """
     reduction = _checks.reduction(reduction, size_average, reduce)
-    if not isinstance(input, torch.Tensor) or not isinstance(target, torch.Tensor):
-        raise TypeError("input and target must be tensors, got "
-                        f"{type(input).__name__} and {type(target).__name__}")
-    if input.dim() == 0:
-        raise ValueError("input must have the classes in dimension 0 (C,) or 1 (N, C, ...), got "
-                         "a 0-d tensor")
-    if weight is not None and not isinstance(weight, torch.Tensor):
-        raise TypeError(f"weight must be a tensor, got {type(weight).__name__}")
+    _checks.instances((("input", input), ("target", target)), torch.Tensor, "a tensor",
+                      none_ok=False)
+    _checks.instances((("weight", weight),), torch.Tensor, "a tensor")
+    _checks.contiguous(input.dim() > 0, "input must have the classes in dimension 0 (C,) or 1 "
+                       "(N, C, ...), got a 0-d tensor")
     options = dict(zip(("reduction", "ignore_index", "label_smoothing", "z_loss", "softcap"),
                        _checks.loss_options(reduction, ignore_index, label_smoothing, z_loss,
                                             softcap)))
@@ -289,10 +286,10 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
 
 
 def _check_inplace(input, target, weight):
-    if input.dim() > 2 or not input.is_contiguous():
-        raise ValueError("inplace_backward=True needs contiguous input with the classes in the "
-                         f"last dimension, (C,) or (N, C); got shape {tuple(input.shape)}"
-                         + ("" if input.is_contiguous() else " (not contiguous)"))
+    _checks.contiguous(input.dim() <= 2 and input.is_contiguous(),
+                       "inplace_backward=True needs contiguous input with the classes in the "
+                       f"last dimension, (C,) or (N, C); got shape {tuple(input.shape)}"
+                       + ("" if input.is_contiguous() else " (not contiguous)"))
     for name, t in (("target", target), ("weight", weight)):
         if t is not None and t.requires_grad and torch.is_grad_enabled():
             raise RuntimeError(f"fastxent.torch.cross_entropy(..., inplace_backward=True) gives "

@@ -193,7 +193,7 @@ def cross_entropy_from_probs(input, target, weight=None, *, ignore_index=-100, r
     _cpu_only("cross_entropy_from_probs", input, target, weight)
     _no_target_grad("cross_entropy_from_probs", target=target, weight=weight)
     red = _checks.reduction(reduction)
-    clip = _family._eps(eps, _arrays(input.detach()).dtype)
+    clip = _checks.clip_eps(eps, _arrays(input.detach()).dtype)
     if _wants_grad(input):
         return _from_probs_op(input, target, weight, red, int(ignore_index), float(clip))[0]
     loss = _family.cross_entropy_from_probs(

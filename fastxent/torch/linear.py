@@ -17,7 +17,7 @@ import torch
 
 from ..dispatch import checks as _checks
 from ..dispatch import device as _device
-from ..losses import cross_entropy as _api
+from ..kernels.host import z_part
 from ..losses import linear as _linear
 from . import composite as _torch_composite
 from .support import _host, _loss_dtype, _no_double_backward, _returned, _scaled
@@ -133,34 +133,21 @@ class _TorchOps:
 def _accum_dtype(accum_dtype, dtype):
     """The dtype to accumulate the weight's gradient in: None (the weight's own) or a wider
     floating dtype."""
-    if accum_dtype is None or accum_dtype == dtype:
-        return None
-    if not isinstance(accum_dtype, torch.dtype) or accum_dtype not in (torch.float32,
-                                                                       torch.float64):
-        raise ValueError(f"accum_dtype={accum_dtype!r} must be None (the weight's dtype), "
-                         "torch.float32 or torch.float64")
-    if accum_dtype.itemsize < dtype.itemsize:
-        raise ValueError(f"accum_dtype={accum_dtype} is narrower than the weight's {dtype}: "
-                         "the gradient is accumulated in the weight's dtype or a wider one")
-    return accum_dtype
+    return _checks.wider_dtype(accum_dtype, "accum_dtype", dtype,
+                               (torch.float32, torch.float64), "the weight's")
 
 
 def _check(hidden, weight, bias, target):
-    for name, t in (("hidden", hidden), ("weight", weight), ("bias", bias), ("target", target)):
-        if t is not None and not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    for name, t in (("hidden", hidden), ("weight", weight), ("bias", bias)):
+    named = (("hidden", hidden), ("weight", weight), ("bias", bias), ("target", target))
+    _checks.instances(named, torch.Tensor, "a torch.Tensor")
+    for name, t in named[:3]:
         if t is not None and not t.is_floating_point():
-            raise TypeError(f"{name} has dtype {t.dtype}, expected a floating dtype (float32, "
-                            "float64, bfloat16 or float16)")
-    devices = {t.device for t in (hidden, weight, bias, target) if t is not None}
-    if len(devices) != 1:
-        raise ValueError("hidden, weight, bias and target must be on one device, got "
-                         f"{', '.join(sorted(map(str, devices)))}")
-    return _linear.shapes(tuple(hidden.shape), tuple(weight.shape),
-                          None if bias is None else tuple(bias.shape),
-                          (str(hidden.dtype), str(weight.dtype),
-                           None if bias is None else str(bias.dtype)))
+            _checks.logits_format(str(t.dtype).replace("torch.", ""), (1,), name=name)
+    _checks.one_device(named)
+    return _checks.linear_shapes(tuple(hidden.shape), tuple(weight.shape),
+                                 None if bias is None else tuple(bias.shape),
+                                 (str(hidden.dtype), str(weight.dtype),
+                                  None if bias is None else str(bias.dtype)))
 
 
 class _Prepared(NamedTuple):
@@ -185,8 +172,7 @@ def _targets(target, lead, v, ignore_index, shift, cuda):
     if cuda and target.is_floating_point():
         dname = str(target.dtype).replace("torch.", "")
         _checks.target_kind(dname, tuple(target.shape), tuple(lead) + (v,))
-        if shift:
-            raise ValueError("shift= takes class-index targets, not probabilities")
+        _checks.no_shift_of_probabilities(shift)
         return target.detach().reshape(-1, v).contiguous()
     return _linear.targets(_host(target.detach().cpu()), lead, v, ignore_index, shift)
 
@@ -245,7 +231,7 @@ def _linear_op(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor,
         values = [(walk.losses.sum() * float(walk.finish)).to(dtype)]
     if parts:
         n_valid = int(np.count_nonzero(_linear.valid(prep.args[4])))
-        z = _api.z_part(walk.lse, z_loss, reduction, n_valid)
+        z = z_part(walk.lse, z_loss, reduction, n_valid)
         values += [prep.per_row(z, dtype) if reduction == "none" else z.to(dtype),
                    prep.per_row(walk.lse, dtype)]
     else:
@@ -537,8 +523,7 @@ def linear_cross_entropy(hidden, weight, target, bias=None, *, reduction="mean",
     _check(hidden, weight, bias, target)
     _accum_dtype(accum_dtype, hidden.dtype)
     dtype = _loss_dtype(loss_dtype, hidden.dtype)
-    if ce_weight is not None and not isinstance(ce_weight, torch.Tensor):
-        raise TypeError(f"ce_weight must be a torch.Tensor, got {type(ce_weight).__name__}")
+    _checks.instances((("ce_weight", ce_weight),), torch.Tensor, "a torch.Tensor")
     if ce_weight is not None and ce_weight.requires_grad and torch.is_grad_enabled():
         raise RuntimeError("fastxent.torch.linear_cross_entropy is not differentiable with "
                            "respect to ce_weight: it cannot have requires_grad=True")

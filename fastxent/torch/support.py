@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from ..core import dtypes as _dtypes
+from ..dispatch import checks as _checks
 from ..dispatch.arrays import torch_bfloat16_host
 
 
@@ -97,12 +98,8 @@ def _keep_gradient(op, reduction_at, n_args, per_row):
 def _loss_dtype(loss_dtype, dtype):
     """``loss_dtype`` checked: None (the input's ``dtype``), or a floating dtype at least as
     wide; None when it is the input's."""
-    if loss_dtype is None or loss_dtype == dtype:
-        return None
-    if loss_dtype not in (torch.float32, torch.float64) or loss_dtype.itemsize < dtype.itemsize:
-        raise ValueError(f"loss_dtype={loss_dtype!r} must be None (the input's dtype, "
-                         f"{dtype}) or a wider floating dtype (torch.float32, torch.float64)")
-    return loss_dtype
+    return _checks.wider_dtype(loss_dtype, "loss_dtype", dtype, (torch.float32, torch.float64),
+                               "the input's")
 
 
 def _returned(out, want_z, want_lse):

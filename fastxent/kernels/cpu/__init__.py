@@ -1,4 +1,4 @@
-"""The CPU backend: Numba kernels, rows spread over threads (see ``fastxent/kernels/__init__.py``
+"""The CPU backend: Numba kernels, rows spread over threads (see ``fastxent/kernels/interface.py``
 for the interface, docs/design.md#layers for the layout). The softmax kernels are in
 :mod:`.softmax`, the binary and categorical losses in :mod:`.binary`, the divergence in
 :mod:`.divergence`, the token statistics in :mod:`.tokens`."""
@@ -6,6 +6,7 @@ for the interface, docs/design.md#layers for the layout). The softmax kernels ar
 import numpy as np
 
 from ...core.threads import parallel_guard
+from .. import host as _host
 from .elementwise import binary
 from .elementwise import outside as binary_outside
 from .common import serial
@@ -13,15 +14,24 @@ from .divergence import kl_logits, softmax_grads
 from .softmax import _class_grad_rows, _compute_dtype, _public_stats, _run
 from .tokens import token_partials
 
-__all__ = ["name", "logsumexp", "rows", "class_partials", "class_grad", "token_partials",
-           "binary", "binary_outside", "kl_logits", "softmax_grads"]
+__all__ = ["name", "logsumexp", "cross_entropy", "rows", "class_partials", "class_grad",
+           "token_partials", "binary", "binary_outside", "kl_logits", "softmax_grads"]
 
 name = "cpu"
 
 
-def logsumexp(x, softcap=None):
-    stats = _public_stats(_run(x, None, None, softcap, False, None, None))
-    return np.ascontiguousarray(stats[:, 0])
+def logsumexp(x, softcap=None, out=None):
+    """See ``reference.logsumexp``."""
+    lse = _public_stats(_run(x, None, None, softcap, False, None, None))[:, 0]
+    if out is None:
+        return np.ascontiguousarray(lse)
+    out[...] = lse
+    return out
+
+
+def cross_entropy(call, out):
+    """``interface.Backend.cross_entropy``: the whole call from :func:`rows`."""
+    return _host.cross_entropy(rows, call, out)
 
 
 def rows(x, targets, weight, softcap, want_sy, coef=None, grad=None):

@@ -1,5 +1,5 @@
 """Numba CPU kernel of the KL divergence between the softmax distributions of two logit arrays
-(``kl_logits`` in ``kernels/__init__.py``), one streaming pass over both.
+(``kl_logits`` in ``kernels/interface.py``), one streaming pass over both.
 
 Per row, with ``P = softmax(x)`` and ``Q = softmax(y)``::
 

@@ -1,4 +1,4 @@
-"""Numba CPU kernels of the element-wise binary losses (``binary`` in ``kernels/__init__.py``):
+"""Numba CPU kernels of the element-wise binary losses (``binary`` in ``kernels/interface.py``):
 binary cross-entropy on logits (many independent sigmoids per row: multi-label classification)
 and on probabilities, with the fused gradient on logits.
 

@@ -1,4 +1,4 @@
-"""Numba CPU kernel of the per-token statistics (``token_partials``, see ``kernels/__init__.py``).
+"""Numba CPU kernel of the per-token statistics (``token_partials``, see ``kernels/interface.py``).
 
 One pass over each row, block by block as in :mod:`.cpu`: the block's maximum, then from L1 the
 sums of ``e = exp(y - block max)`` and of ``e·(y - block max)`` (what the entropy needs) and the

@@ -8,6 +8,7 @@ import numpy as np
 
 from ... import config
 from ...core.codes import INDEX, NO_TARGETS, NONE, PROBS, REDUCTIONS
+from ..interface import LossCall
 from .groups import WARP
 
 __all__ = ["INDEX", "PROBS", "REDUCTIONS", "call", "grid", "lse_call", "splits", "words"]
@@ -77,48 +78,43 @@ def _row_launches(n, v, itemsize, fused, facts, row_args, split_args):
     return split_args(parts, -(-v // parts))
 
 
-def call(x, kind, targets, ignore, probs, weight, eps, z, softcap, want_sy, reduction, go, go_rows,
-         grad, out, scratch, dummy, facts, parts=(None, None)):
-    """The launches of one cross-entropy call, and the flag array ``bad``.
+def call(c, out, scratch, dummy, facts):
+    """The launches of one cross-entropy call ``c`` (``interface.LossCall`` of device arrays),
+    writing into ``out`` (``interface.LossOut`` of device arrays of the compute type), and the
+    flag array ``bad``.
 
-    ``x`` is the (N, V) C-contiguous storage view on the device; ``targets`` (N,) integers and
-    ``probs`` an (N, V) storage view, one of them None; ``weight`` a (V,) float array or None;
-    ``go`` the scalar ``grad_output``, or ``go_rows`` its values on the device (one per row for
-    reduction "none", or one for all); ``grad`` the (N, V) storage view to write the gradient to
-    (``x`` itself in place) or None; ``out`` receives the loss in the compute type, shape (1,),
-    or (N,) for "none"; ``scratch(shape, dtype)`` allocates device arrays, ``dummy(dtype)`` gives
-    a one-element stand-in for an absent argument; ``facts`` = (multiprocessors, L2 bytes).
-    ``parts = (z_out, lse_out)``, each None or a device array of the compute type: the z-loss
-    term reduced as the loss ((1,), or (N,) for "none"), and each row's log-sum-exp (N,) (0 for
-    rows that do not count).
-    Returns ``(launches, bad)``: launches are ``(kernel name, blocks, threads, args)``; after them
+    ``scratch(shape, dtype)`` allocates device arrays, ``dummy(dtype)`` gives a one-element
+    stand-in for an absent argument; ``facts`` = (multiprocessors, L2 bytes). Returns
+    ``(launches, bad)``: launches are ``(kernel name, blocks, threads, args)``; after them
     ``bad[0]`` is -1, or the first row whose class index is out of range (whose loss is then
     NaN, as is a reduced loss, and no gradient is written).
     """
-    launches, bad, stats, totals = _launches(x, kind, targets, ignore, probs, weight, eps, z,
-                                             softcap, want_sy, reduction, go, go_rows, grad, out,
-                                             scratch, dummy, facts)
-    n = x.shape[0]
-    z_out, lse_out = parts
-    if z_out is not None and REDUCTIONS[reduction] == NONE:
-        launches.append(("z_rows_kernel", -(-n // 256), 256, (stats, float(z), z_out)))
-    elif z_out is not None:
+    launches, bad, stats, totals = _launches(c, out.loss, scratch, dummy, facts)
+    n = c.x.shape[0]
+    red = REDUCTIONS[c.reduction]
+    if out.z is not None and red == NONE:
+        launches.append(("z_rows_kernel", -(-n // 256), 256, (stats, float(c.z_loss), out.z)))
+    elif out.z is not None:
         launches.append(("z_reduce_kernel", 1, config.CUDA_REDUCE_THREADS,
-                         (stats, n, float(z), REDUCTIONS[reduction], totals, bad, z_out)))
-    if lse_out is not None and n:
-        launches.append(("lse_kernel", -(-n // 256), 256, (stats, lse_out)))
+                         (stats, n, float(c.z_loss), red, totals, bad, out.z)))
+    if out.lse is not None and n:
+        launches.append(("lse_kernel", -(-n // 256), 256, (stats, out.lse)))
     return launches, bad
 
 
-def _launches(x, kind, targets, ignore, probs, weight, eps, z, softcap, want_sy, reduction, go,
-              go_rows, grad, out, scratch, dummy, facts):
-    """:func:`call`'s launches, flag, row statistics ``[lse, Σwqy, Σwq, Σwy]`` (N, 4) and totals
-    (the counted rows, the sum of their weights, the sum of the class weights)."""
+def _launches(c, out, scratch, dummy, facts):
+    """:func:`call`'s launches (the loss into ``out``), flag, row statistics ``[lse, Σwqy, Σwq,
+    Σwy]`` (N, 4) and totals (the counted rows, the sum of their weights, the sum of the class
+    weights)."""
+    x, kind, weight, grad, go_rows = c.x, c.kind, c.weight, c.grad, c.grad_rows
+    targets = c.targets if kind == INDEX else None
+    probs = c.targets if kind == PROBS else None
+    eps, z, go = float(c.smoothing), float(c.z_loss), float(c.grad_output)
+    per_row = go_rows is not None
     n, v = x.shape
     compute = np.float64 if x.dtype == np.float64 else np.float32
     xe = x.reshape(n * v)
     xw, k0 = words(xe, dummy)
-    red = REDUCTIONS[reduction]
     tg = targets if targets is not None else dummy(np.int64)
     pe = probs.reshape(n * v) if probs is not None else dummy(x.dtype)
     w = weight if weight is not None else dummy(compute)
@@ -134,8 +130,8 @@ def _launches(x, kind, targets, ignore, probs, weight, eps, z, softcap, want_sy,
     stats = scratch((n, 4), np.float64)
     go_arr = go_rows if go_rows is not None else dummy(np.float64)
     weighted = weight is not None
-    cap = 0.0 if softcap is None else float(softcap)
-    eps, z, go, per_row = float(eps), float(z), float(go), go_rows is not None
+    cap = 0.0 if c.softcap is None else float(c.softcap)
+    want_sy, ignore, red = c.smoothing > 0, c.ignore, REDUCTIONS[c.reduction]
     write_loss = red == NONE and kind != NO_TARGETS  # the log-sum-exp alone needs no loss
     # the totals serve the losses and the gradient, which the log-sum-exp alone does not need
     launches = [] if kind == NO_TARGETS else [("targets_kernel", 1, config.CUDA_REDUCE_THREADS,
@@ -178,7 +174,6 @@ def lse_call(x, softcap, out, scratch, dummy, facts):
     if not n:
         return []
     compute = np.float64 if x.dtype == np.float64 else np.float32
-    launches, _, stats, _ = _launches(x, NO_TARGETS, None, -1, None, None, 0.0, 0.0, softcap,
-                                      False, "none", 1.0, None, None, dummy(compute), scratch,
-                                      dummy, facts)
+    c = LossCall(x, NO_TARGETS, None, -1, None, 0.0, 0.0, softcap, "none")
+    launches, _, stats, _ = _launches(c, dummy(compute), scratch, dummy, facts)
     return launches + [("lse_kernel", -(-n // 256), 256, (stats, out))]
