@@ -21,11 +21,13 @@ def row_coefficients(scale, scale_z, valid, smoothing, n_classes, z_loss):
     """(N, 3) float64 ``[c0, c1, c2]`` of the backends' gradient formula
     (``formulas.coefficients``), for rows whose upstream gradient is ``scale`` (``scale_z`` for
     the z-loss); zeros where not ``valid``."""
-    coef = np.zeros((valid.shape[0], 3))
+    coef = np.empty((valid.shape[0], 3))
     with np.errstate(invalid="ignore", over="ignore"):
-        for k, c in enumerate(formulas.coefficients(scale[valid], scale_z[valid], smoothing,
-                                                    z_loss, n_classes)):
-            coef[valid, k] = c
+        for k, c in enumerate(formulas.coefficients(scale, scale_z, smoothing, z_loss,
+                                                    n_classes)):
+            coef[:, k] = c
+    if not valid.all():
+        coef[~valid] = 0.0
     return coef
 
 
@@ -56,12 +58,15 @@ def counts(call):
 def _coefficients(call, valid, denom, n_valid):
     """(N, 3) float64 ``[c0, c1, c2]`` of each row from the call's upstream gradient."""
     n = valid.shape[0]
-    go = call.grad_output if call.grad_rows is None else call.grad_rows
-    s = np.broadcast_to(np.asarray(go, dtype=np.float64).reshape(-1), (n,))
-    s_z = s
-    if call.reduction == "mean":
-        with np.errstate(invalid="ignore", divide="ignore"):
-            s, s_z = s / np.float64(denom), s / np.float64(n_valid)
+    mean = call.reduction == "mean"
+    with np.errstate(invalid="ignore", divide="ignore"):
+        if call.grad_rows is None:  # one value for every row (a few rows: no broadcasts)
+            go = np.float64(call.grad_output)
+            s = np.full(n, go / np.float64(denom) if mean else go)
+            s_z = np.full(n, go / np.float64(n_valid)) if mean else s
+        else:
+            s = np.broadcast_to(np.asarray(call.grad_rows, np.float64).reshape(-1), (n,))
+            s, s_z = (s / np.float64(denom), s / np.float64(n_valid)) if mean else (s, s)
     return row_coefficients(s, s_z, valid, call.smoothing, call.x.shape[1], call.z_loss)
 
 
@@ -69,25 +74,28 @@ def cross_entropy(rows, call, out):
     """``Backend.cross_entropy`` of a host backend whose per-row statistics are ``rows``: the
     call's class indices were checked, so it returns no flag (None)."""
     valid, denom, n_valid = counts(call)
+    every = n_valid == valid.shape[0]  # (then no row needs masking)
     targets = call.targets
-    if call.kind == INDEX and call.ignore != -1:  # ``rows`` marks an ignored row with -1
+    if not every and call.kind == INDEX and call.ignore != -1:  # ``rows`` marks ignored rows -1
         targets = np.where(valid, targets, -1)
     coef = None if call.grad is None else _coefficients(call, valid, denom, n_valid)
     stats = rows(call.x, targets, call.weight, call.softcap, call.smoothing > 0, coef, call.grad)
     v = call.x.shape[1]
     w_sum = float(v) if call.weight is None else float(call.weight.sum())
-    ce, zt = row_terms(stats, call.smoothing, v, w_sum, call.z_loss)
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-        ce = np.where(valid, ce, 0.0)
-        zt = np.where(valid, zt, 0.0)
-        lse = np.where(valid, stats[:, 0], 0.0)
+        ce, zt = formulas.row_loss(*stats.T, call.smoothing, call.z_loss, v, w_sum)
+        if not every:
+            ce = np.where(valid, ce, 0.0)
+            zt = np.where(valid, zt, 0.0) if call.z_loss else zt
         if call.reduction == "none":
             out.loss[...] = ce + zt
-        elif call.reduction == "sum":
-            out.loss[0] = np.sum(ce) + np.sum(zt)
         else:
-            out.loss[0] = np.float64(np.sum(ce)) / denom + np.float64(np.sum(zt)) / n_valid
-        if out.z is not None:
-            out.z[...] = z_part(lse, call.z_loss, call.reduction, np.float64(n_valid))
-    if out.lse is not None:
-        out.lse[...] = lse
+            total, z_total = np.float64(ce.sum()), np.float64(np.sum(zt))
+            out.loss[0] = (total + z_total if call.reduction == "sum" else
+                           total / np.float64(denom) + z_total / np.float64(n_valid))
+        if out.z is not None or out.lse is not None:
+            lse = stats[:, 0] if every else np.where(valid, stats[:, 0], 0.0)
+            if out.z is not None:
+                out.z[...] = z_part(lse, call.z_loss, call.reduction, np.float64(n_valid))
+            if out.lse is not None:
+                out.lse[...] = lse

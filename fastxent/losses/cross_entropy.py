@@ -247,10 +247,7 @@ def cross_entropy_with_grad(logits, targets, *, reduction="mean", ignore_index=-
     be, a, s, call = _host_call(logits, targets, weight, options, backend, shift)
     lead = a.shape[:-1]
     go = _checks.grad_output(grad_output, call.reduction, _checks.shifted_shape(lead, s))
-    if call.reduction == "none":
-        call = call._replace(grad_rows=_checks.padded(go, lead, s).reshape(-1))
-    else:
-        call = call._replace(grad_output=float(go))
+    rows = _checks.padded(go, lead, s).reshape(-1) if call.reduction == "none" else None
     inputs = (("targets", targets), ("weight", weight), ("grad_output", grad_output))
     if inplace:
         _checks.inplace_target(logits, inputs)
@@ -267,7 +264,8 @@ def cross_entropy_with_grad(logits, targets, *, reduction="mean", ignore_index=-
     gview = storage_view(buf).reshape(call.x.shape)
     if inplace and not direct:
         gview[...] = call.x  # the kernel reads the logits from where it writes the gradient
-    call = call._replace(x=gview if inplace else call.x, grad=gview)
+    call = call._replace(x=gview if inplace else call.x, grad=gview, grad_rows=rows,
+                         grad_output=1.0 if rows is not None else float(go))
     loss = _run(be, a, s, call, (return_z_loss, return_lse))
     if not direct:
         np.copyto(target, buf)
