@@ -4,10 +4,12 @@ O(N) work, is done here once for both host backends, in float64, with the row fo
 ``fastxent.core.formulas`` applied to arrays of rows.
 """
 
+from typing import Callable, NamedTuple
+
 import numpy as np
 
 from ..core import formulas
-from ..core.codes import INDEX
+from ..core.codes import INDEX, MEAN, NONE, REDUCTIONS, SUM
 
 
 def row_terms(stats, smoothing, n_classes, weight_sum, z_loss):
@@ -42,60 +44,104 @@ def z_part(lse, z_loss, reduction, n_valid):
     return total if reduction == "sum" else total / n_valid
 
 
-def counts(call):
-    """``(valid, denom, n_valid)``: which rows count, what "mean" divides the cross-entropy by
-    (the summed weights of their targets; the row count for probability targets, as PyTorch),
-    and what it divides the z-loss by (their number)."""
-    n = call.x.shape[0]
-    if call.kind != INDEX:
-        return np.ones(n, dtype=bool), float(n), n
-    valid = call.targets != call.ignore
-    n_valid = int(np.count_nonzero(valid))
-    w = call.weight
-    return valid, (float(n_valid) if w is None else float(w[call.targets[valid]].sum())), n_valid
+# The O(N) steps of a call, written once as loops over rows on the formulas' scalars: the
+# reference runs them as Python, the CPU backend compiles them (``cpu.STEPS``), so that a call on a
+# few rows spends microseconds, not tens of NumPy calls, around its kernel.
+
+def index_counts(targets, ignore, weight, valid):
+    """Fill ``valid`` (the rows whose class index is not ``ignore``); return ``(denom,
+    n_valid)``: what "mean" divides the cross-entropy by (the summed weights of their targets)
+    and the z-loss by (their number)."""
+    denom = np.float64(0.0)
+    n_valid = 0
+    for r in range(targets.shape[0]):
+        valid[r] = targets[r] != ignore
+        if valid[r]:
+            n_valid += 1
+            denom += 1.0 if weight is None else weight[targets[r]]
+    return denom, n_valid
 
 
-def _coefficients(call, valid, denom, n_valid):
-    """(N, 3) float64 ``[c0, c1, c2]`` of each row from the call's upstream gradient."""
-    n = valid.shape[0]
-    mean = call.reduction == "mean"
-    with np.errstate(invalid="ignore", divide="ignore"):
-        if call.grad_rows is None:  # one value for every row (a few rows: no broadcasts)
-            go = np.float64(call.grad_output)
-            s = np.full(n, go / np.float64(denom) if mean else go)
-            s_z = np.full(n, go / np.float64(n_valid)) if mean else s
-        else:
-            s = np.broadcast_to(np.asarray(call.grad_rows, np.float64).reshape(-1), (n,))
-            s, s_z = (s / np.float64(denom), s / np.float64(n_valid)) if mean else (s, s)
-    return row_coefficients(s, s_z, valid, call.smoothing, call.x.shape[1], call.z_loss)
+def coefficient_rows(valid, go, go_rows, mean, denom, n_valid, smoothing, z_loss, v, coef):
+    """``coef[r] = [c0, c1, c2]`` of each row (``formulas.coefficients``; zeros where not
+    ``valid``), its upstream gradient ``go`` or ``go_rows[r]`` (one value: ``go_rows[0]``),
+    shared by ``denom`` (``n_valid`` for the z-loss) under a mean."""
+    for r in range(valid.shape[0]):
+        if not valid[r]:
+            coef[r, 0] = coef[r, 1] = coef[r, 2] = 0.0
+            continue
+        s = go if go_rows is None else go_rows[r if go_rows.shape[0] > 1 else 0]
+        s_z = s
+        if mean:
+            s, s_z = s / denom, s / n_valid
+        coef[r, 0], coef[r, 1], coef[r, 2] = formulas.coefficients(s, s_z, smoothing, z_loss, v)
 
 
-def cross_entropy(rows, call, out):
-    """``Backend.cross_entropy`` of a host backend whose per-row statistics are ``rows``: the
-    call's class indices were checked, so it returns no flag (None)."""
-    valid, denom, n_valid = counts(call)
-    every = n_valid == valid.shape[0]  # (then no row needs masking)
+def finish_rows(stats, valid, smoothing, z_loss, v, w_sum, reduction, denom, n_valid, loss, z,
+                lse):
+    """The call's results from the rows' statistics ``[lse, Σwqy, Σwq, Σwy]``
+    (``interface.LossOut``: ``loss``, and ``z``, ``lse`` or None), ``reduction`` a
+    ``codes.REDUCTIONS`` code; rows not ``valid`` count as 0."""
+    ce_sum = z_sum = zp_sum = np.float64(0.0)
+    for r in range(valid.shape[0]):
+        ce = zt = zp = lr = np.float64(0.0)
+        if valid[r]:
+            lr = stats[r, 0]
+            ce, zt = formulas.row_loss(lr, stats[r, 1], stats[r, 2], stats[r, 3], smoothing,
+                                       z_loss, v, w_sum)
+            zp = z_loss * lr * lr if z_loss != 0 else lr * 0.0  # (NaN for an infinite lse)
+        if reduction == NONE:
+            loss[r] = ce + zt
+            if z is not None:
+                z[r] = zp
+        ce_sum += ce
+        z_sum += zt
+        zp_sum += zp
+        if lse is not None:
+            lse[r] = lr
+    if reduction == SUM:
+        loss[0] = ce_sum + z_sum
+    elif reduction == MEAN:
+        loss[0] = ce_sum / denom + z_sum / n_valid
+    if z is not None and reduction != NONE:
+        z[0] = zp_sum if reduction == SUM else zp_sum / n_valid
+
+
+class Steps(NamedTuple):
+    """The O(N) steps of a host call (Python functions, or their compilations)."""
+
+    index_counts: Callable
+    coefficient_rows: Callable
+    finish_rows: Callable
+
+
+PYTHON = Steps(index_counts, coefficient_rows, finish_rows)
+
+
+def cross_entropy(rows, call, out, steps=PYTHON):
+    """``Backend.cross_entropy`` of a host backend whose per-row statistics are ``rows``, its
+    O(N) work done by ``steps``: the call's class indices were checked, so it returns no flag
+    (None)."""
+    n, v = call.x.shape
+    valid = np.ones(n, dtype=np.bool_)
     targets = call.targets
-    if not every and call.kind == INDEX and call.ignore != -1:  # ``rows`` marks ignored rows -1
-        targets = np.where(valid, targets, -1)
-    coef = None if call.grad is None else _coefficients(call, valid, denom, n_valid)
-    stats = rows(call.x, targets, call.weight, call.softcap, call.smoothing > 0, coef, call.grad)
-    v = call.x.shape[1]
-    w_sum = float(v) if call.weight is None else float(call.weight.sum())
+    if call.kind == INDEX:
+        denom, n_valid = steps.index_counts(targets, call.ignore, call.weight, valid)
+        if call.ignore != -1 and n_valid < n:  # ``rows`` marks an ignored row with -1
+            targets = np.where(valid, targets, -1)
+    else:  # probability targets: every row counts, and a mean is over rows (as PyTorch)
+        denom, n_valid = np.float64(n), n
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-        ce, zt = formulas.row_loss(*stats.T, call.smoothing, call.z_loss, v, w_sum)
-        if not every:
-            ce = np.where(valid, ce, 0.0)
-            zt = np.where(valid, zt, 0.0) if call.z_loss else zt
-        if call.reduction == "none":
-            out.loss[...] = ce + zt
-        else:
-            total, z_total = np.float64(ce.sum()), np.float64(np.sum(zt))
-            out.loss[0] = (total + z_total if call.reduction == "sum" else
-                           total / np.float64(denom) + z_total / np.float64(n_valid))
-        if out.z is not None or out.lse is not None:
-            lse = stats[:, 0] if every else np.where(valid, stats[:, 0], 0.0)
-            if out.z is not None:
-                out.z[...] = z_part(lse, call.z_loss, call.reduction, np.float64(n_valid))
-            if out.lse is not None:
-                out.lse[...] = lse
+        coef = None
+        if call.grad is not None:
+            coef = np.empty((n, 3))
+            steps.coefficient_rows(valid, np.float64(call.grad_output), call.grad_rows,
+                                   call.reduction == "mean", np.float64(denom),
+                                   np.float64(n_valid), call.smoothing, call.z_loss,
+                                   np.float64(v), coef)
+        stats = rows(call.x, targets, call.weight, call.softcap, call.smoothing > 0, coef,
+                     call.grad)
+        w_sum = np.float64(v) if call.weight is None else np.float64(call.weight.sum())
+        steps.finish_rows(stats, valid, call.smoothing, call.z_loss, np.float64(v), w_sum,
+                          REDUCTIONS[call.reduction], np.float64(denom), np.float64(n_valid),
+                          out.loss, out.z, out.lse)

@@ -74,7 +74,7 @@ def chunk_losses(x, targets, *, weight, label_smoothing, z_loss, softcap, backen
     call = _loss_call(x, "index" if targets.ndim == 1 else "prob", targets, weight,
                       label_smoothing, z_loss, softcap, "none")
     if scale is not None:
-        call = call._replace(grad_rows=np.asarray(scale, np.float64), grad=call.x)
+        call = call._replace(grad_rows=np.asarray(scale, np.float64).reshape(-1), grad=call.x)
     n = call.x.shape[0]
     out = LossOut(np.zeros(n), None, np.zeros(n) if lse else None)
     _dispatch.choose(backend, x).cross_entropy(call, out)

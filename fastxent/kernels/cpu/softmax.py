@@ -500,14 +500,14 @@ def _compute_dtype(x):
     return np.float64 if x.dtype == np.float64 else np.float32
 
 
+@njit(cache=True, error_model="numpy")
 def _public_stats(st):
     """Kernel statistics [m, s, Σwqy, Σwq, Σwy] → the interface's [lse, Σwqy, Σwq, Σwy]."""
-    out = st[:, 1:]  # a view: the first column becomes lse in place
-    m = st[:, 0]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        lse = m + np.log(st[:, 1])
-    lse[m == np.inf] = np.inf
-    out[:, 0] = lse
+    out = np.empty((st.shape[0], 4))
+    for r in range(st.shape[0]):
+        m = st[r, 0]
+        out[r, 0] = m if m == np.inf else m + np.log(st[r, 1])
+        out[r, 1], out[r, 2], out[r, 3] = st[r, 2], st[r, 3], st[r, 4]
     return out
 
 
