@@ -1,7 +1,9 @@
 """The host backends' whole cross-entropy call (``interface.LossCall``) from their per-row
 statistics: ``rows`` gives ``[lse, Σwqy, Σwq, Σwy]`` and writes the gradient, and what is left,
 O(N) work, is done here once for both host backends, in float64, with the row formulas of
-``fastxent.core.formulas`` applied to arrays of rows.
+``fastxent.core.formulas``: as loops over rows for a call (:func:`cross_entropy`), and on arrays
+of rows for the fused linear loss's blocks and the PyTorch composite (:func:`row_terms`,
+:func:`row_coefficients`, :func:`z_part`).
 """
 
 from typing import Callable, NamedTuple
