@@ -449,13 +449,13 @@ def test_peak_memory_is_one_chunk():
 
 def test_default_chunk_from_budget():
     shape = _linear.chunk_shape
-    assert shape(None, 512, 131072, 4, "cpu") == (128, None)
-    assert shape(None, 8192, 131072, 2, "cuda") == (256, None)
+    assert shape(None, 512, 131072, 4, "cpu") == (256, None)  # 128 MiB on the CPU
+    assert shape(None, 8192, 131072, 2, "cuda") == (256, None)  # 64 MiB on a GPU
     assert shape(None, 8192, 10**9, 2, "cuda") == (1, None)  # the GPU has no blocks of classes
     # too few whole rows fit: blocks of classes, unless the rows there are fit
-    assert shape(None, 4096, 10**9, 4, "cpu") == (256, 65536)
-    assert shape(None, 3, 2**22, 4, "cpu") == (4, None)  # 16 MiB rows: 4 fit
-    assert shape(None, 30, 2**22, 4, "cpu") == (30, (64 << 20) // 120)
+    assert shape(None, 4096, 10**9, 4, "cpu") == (256, 131072)
+    assert shape(None, 3, 2**22, 4, "cpu") == (8, None)  # 16 MiB rows: 8 fit
+    assert shape(None, 30, 2**22, 4, "cpu") == (30, (128 << 20) // 120)
     assert shape(7, 512, 131072, 4, "cpu") == (7, None)
     assert shape((7, 100), 512, 131072, 4, "cpu") == (7, 100)
     assert shape((7, 131072), 512, 131072, 4, "cpu") == (7, None)
@@ -733,11 +733,17 @@ def test_bench_linear_runs():
     from fastxent.bench import linear
 
     results = linear.run(rows=8, hidden=16, vocab=100, repeat=1)
-    assert set(results) == {"fastxent", "fastxent (64 rows)", "numpy + fastxent",
-                            "fastxent (256 rows × 16384 classes)", "fastxent.torch", "torch"}
+    expected = {"fastxent", "fastxent (64 rows)", "numpy + fastxent",
+                "fastxent (256 rows × 16384 classes)", "fastxent.torch", "torch"}
+    if hasattr(torch.nn.functional, "linear_cross_entropy"):  # PyTorch 2.13: both of its paths
+        expected |= {linear.TORCH_LINEAR, linear.TORCH_LINEAR + " (chunked)"}
+    assert set(results) == expected
     assert all(seconds > 0 for seconds, _ in results.values())
     table = linear.format_table(results, rows=8, hidden=16, vocab=100)
     assert "| fastxent.torch |" in table and "×" in table
+    for name in expected - {"torch", "numpy + fastxent"}:  # each against its unfused path
+        assert f"| {name} |" in table
+        assert table.split(f"| {name} |")[1].split("|")[1].strip().endswith("×"), name
 
 
 @pytest.mark.parametrize("reduction", ["mean", "none"])

@@ -1,7 +1,7 @@
 """``fastxent bench --linear``: the fused linear cross-entropy against the unfused path.
 
 One workload, forward + backward of the mean cross-entropy of ``hidden @ weight.T`` (float32,
-N×H hidden states, a V×H weight), six ways:
+N×H hidden states, a V×H weight), six ways, and PyTorch's own fused loss:
 
 ``fastxent``, ``fastxent (64 rows)``, ``fastxent (256 rows × 16384 classes)``
     :func:`fastxent.linear_cross_entropy_with_grad` (BLAS products, fastxent's kernel per chunk),
@@ -13,9 +13,13 @@ N×H hidden states, a V×H weight), six ways:
 ``fastxent.torch``
     :func:`fastxent.torch.linear_cross_entropy` and ``.backward()`` (PyTorch's products);
 ``torch``
-    ``F.cross_entropy(hidden @ weight.T, target).backward()``: the unfused path of PyTorch.
+    ``F.cross_entropy(hidden @ weight.T, target).backward()``: the unfused path of PyTorch;
+``torch linear_cross_entropy``, ``torch linear_cross_entropy (chunked)``
+    PyTorch's own ``F.linear_cross_entropy`` (2.13+, where installed): its reference path
+    (``options=None``) and its chunked path (``options=torch.nn.LinearCrossEntropyOptions()``).
 
-Each is timed as the median of ``repeat`` calls after one warm-up call, and its peak extra memory
+Each is timed as the median of ``repeat`` calls after one warm-up call (fewer when a contender's
+calls pass the time budget, ``--time-budget``, at least ten seconds here), and its peak extra memory
 is measured in the same process: the growth of the peak RSS during one call beyond the memory
 before it, less the gradients it returns (what every path must allocate).
 
@@ -44,6 +48,8 @@ DEFAULT_SHAPE = dict(rows=512, hidden=1024, vocab=131072)
 #: the blocks of classes timed on the CPU: 16 MiB of float32 logits at the default shape
 CLASS_CHUNK = (256, 16384)
 GPU_SHAPE = dict(rows=8192, hidden=4096, vocab=131072, dtype="bfloat16")
+#: PyTorch's own fused linear loss (2.13+): ``options=None``, and ``LinearCrossEntropyOptions()``
+TORCH_LINEAR = "torch linear_cross_entropy"
 #: the other chunk sizes (rows) ``fastxent.torch`` is timed with on a GPU
 GPU_CHUNKS = (128, 384, 512, 1024)
 
@@ -83,8 +89,15 @@ def _contenders(h, w, t):
             return loss.item(), grads
         return call
 
+    F = torch.nn.functional
     found["fastxent.torch"] = backward(lambda: fxt.linear_cross_entropy(th, tw, tt))
-    found["torch"] = backward(lambda: torch.nn.functional.cross_entropy(th @ tw.T, tt))
+    found["torch"] = backward(lambda: F.cross_entropy(th @ tw.T, tt))
+    if hasattr(F, "linear_cross_entropy"):  # PyTorch 2.13's own fused loss, both of its paths
+        found[TORCH_LINEAR] = backward(lambda: F.linear_cross_entropy(th, tw, tt))
+        options = getattr(torch.nn, "LinearCrossEntropyOptions", None)
+        if options is not None:
+            found[TORCH_LINEAR + " (chunked)"] = backward(
+                lambda: F.linear_cross_entropy(th, tw, tt, options=options()))
     return found
 
 
@@ -99,8 +112,10 @@ def _extra_memory(call, results_bytes):
     return max(extra, 0)
 
 
-def run(rows, hidden, vocab, repeat=5, seed=0):
-    """{contender: (median seconds, peak extra bytes or None)} at one shape."""
+def run(rows, hidden, vocab, repeat=5, seed=0, time_budget=10.0):
+    """{contender: (median seconds, peak extra bytes or None)} at one shape: ``repeat`` timed
+    calls each, fewer for a contender whose timed calls pass ``time_budget`` seconds (at least
+    one)."""
     rng = np.random.default_rng(seed)
     h = rng.standard_normal((rows, hidden), dtype=np.float32)
     w = rng.standard_normal((vocab, hidden), dtype=np.float32) * np.float32(hidden ** -0.5)
@@ -111,7 +126,7 @@ def run(rows, hidden, vocab, repeat=5, seed=0):
         call()  # warm-up: compilation, first touch of the pages
         memory = _extra_memory(call, results_bytes)
         times = []
-        for _ in range(repeat):
+        while len(times) < max(repeat, 1) and (not times or sum(times) < time_budget):
             start = time.perf_counter()
             call()
             times.append(time.perf_counter() - start)
@@ -124,8 +139,8 @@ def format_table(results, rows, hidden, vocab):
              "", "| contender | time (median) | vs. its unfused path | peak extra memory |",
              "|---|---:|---:|---:|"]
     for name, (seconds, memory) in results.items():
-        ref = results.get("torch" if name == "fastxent.torch" else
-                          "numpy + fastxent" if name.startswith("fastxent") else None)
+        ref = results.get("torch" if name == "fastxent.torch" or name.startswith(TORCH_LINEAR)
+                          else "numpy + fastxent" if name.startswith("fastxent") else None)
         ratio = f"{seconds / ref[0]:.2f}×" if ref else ""
         mem = "n/a" if memory is None else format_bytes(memory)
         lines.append(f"| {name} | {seconds * 1e3:.0f} ms | {ratio} | {mem} |")
@@ -239,6 +254,6 @@ def run_from_args(args):
     if args.hidden:
         shape["hidden"] = args.hidden
     results = run(shape["rows"], shape["hidden"], shape["vocab"], repeat=args.repeat,
-                  seed=args.seed)
+                  seed=args.seed, time_budget=max(args.time_budget, 10.0))
     print(format_table(results, **shape))
     return 0

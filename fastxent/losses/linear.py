@@ -37,9 +37,11 @@ from . import cross_entropy as _api
 #: bytes of logits per chunk when ``chunk_size`` is not given. Each chunk of whole rows streams
 #: the weight through three products, and BLAS loses efficiency with few rows: on a 2-core CPU,
 #: N=512, H=1024, V=131072 float32 took 1.37–1.44× the unfused time in chunks of 64 rows
-#: (32 MiB) and 1.08–1.11× in chunks of 128 (64 MiB). 64 MiB is 128 such rows on the CPU, and
-#: on a GPU 256 rows of a 131072-class bfloat16 vocabulary (the chunk Liger-Kernel takes there).
-BUDGET = {"cpu": 64 << 20, "cuda": 64 << 20}
+#: (32 MiB) and 1.08–1.11× in chunks of 128 (64 MiB); chunks of 256 (128 MiB) were 9–11% faster
+#: than 128, and put ``fastxent.torch`` ahead of PyTorch's own ``F.linear_cross_entropy`` at
+#: N=1024 (docs/performance-notes.md). On a GPU, 64 MiB is 256 rows of a 131072-class bfloat16
+#: vocabulary (the chunk Liger-Kernel takes there).
+BUDGET = {"cpu": 128 << 20, "cuda": 64 << 20}
 #: fewer whole rows than this per chunk, and the CPU takes ``BLOCK_ROWS`` rows in blocks of
 #: classes instead (at N=512, H=1024, V=131072 float32 the two ways took about the same time
 #: with 64 rows, and whole rows lose more below)
@@ -481,7 +483,7 @@ def linear_cross_entropy(hidden, weight, targets, bias=None, *, reduction="mean"
         ``weight`` is the layer's).
     chunk_size : int or (int, int), optional
         Rows of logits per chunk, or ``(rows, classes)``. By default as many whole rows as fit
-        in 64 MiB (128 rows of 131072 float32 classes). Whole rows give the loss and the
+        in 128 MiB (256 rows of 131072 float32 classes). Whole rows give the loss and the
         gradient from one product of the logits. Blocks of classes hold less (``rows ×
         classes``) but compute the logits twice, once for the rows' statistics and once for
         the gradient. See docs/linear.md for the trade-offs.

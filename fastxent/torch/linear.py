@@ -479,7 +479,7 @@ def linear_cross_entropy(hidden, weight, target, bias=None, *, reduction="mean",
     chunk_size : int or (int, int), optional
         Rows of logits per chunk, or ``(rows, classes)`` for chunks of both (CPU only: the
         logits are then computed twice, see :func:`fastxent.linear_cross_entropy`); by default
-        as many whole rows as fit in 64 MiB.
+        as many whole rows as fit in 128 MiB on the CPU, 64 MiB on a GPU.
     accum_dtype : torch.dtype, optional
         The dtype the gradients of ``weight`` and ``bias`` are summed in over the chunks: None
         (their own dtype) or ``torch.float32`` (or ``float64``): for bfloat16 and float16
