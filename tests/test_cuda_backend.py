@@ -635,6 +635,21 @@ def test_categorical_terms_and_gradient_match_the_reference(rng, eps):
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("z_loss", [0.0, 1e-2])
+def test_z_loss_part_of_an_infinite_row_as_on_the_cpu(rng, reduction, z_loss):
+    """The reported z-loss term is ``formulas.z_term`` on both sides: not finite for a row
+    holding ``+inf`` (``inf`` with a z-loss, NaN without one: the GPU once reported 0)."""
+    x = random_logits(rng, (3, V), F32)
+    x[1, 5] = np.inf
+    t = np.array([0, 1, 2])
+    opts = dict(reduction=reduction, z_loss=z_loss, return_z_loss=True)
+    _, want = fx.cross_entropy(x, t, **opts)
+    _, got = fx.cross_entropy(x, t, backend="cuda", **opts)
+    assert not np.isfinite(np.asarray(want)).all()
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-6)  # (NaN == NaN)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 def test_loss_parts_and_shift_match_the_cpu(rng, reduction):
     """``return_z_loss``, ``return_lse`` and ``shift`` on device arrays (the z-loss term and the
     log-sum-exps from the call's own row statistics, the targets shifted on the host), against

@@ -83,6 +83,14 @@ def row_loss(lse, swqy, swq, swy, eps, z, v, wsum):
 
 
 @_shared
+def z_term(lse, z):
+    """The z-loss term a row reports (``return_z_loss``): ``z·lse²``, or ``lse·0`` without a
+    z-loss, so that a row holding ``+inf`` reports ``inf`` or NaN rather than a finite term.
+    Branch-free in the row's values: runs on arrays and tensors of rows too."""
+    return z * lse * lse if z != 0 else lse * 0.0
+
+
+@_shared
 def coefficients(scale, scale_z, eps, z, v):
     """``(c0, c1, c2)`` of the gradient of a row whose loss has the upstream gradient ``scale``
     (``scale_z`` for its z-loss term)::

@@ -39,7 +39,7 @@ def z_part(lse, z_loss, reduction, n_valid):
     """The z-loss term of rows whose log-sum-exps are ``lse`` (0 for rows that do not count),
     reduced as the loss is: per row for "none", their sum, or their mean over the ``n_valid``
     counted rows (NumPy arrays or tensors)."""
-    rows = z_loss * lse * lse if z_loss else lse * 0.0
+    rows = formulas.z_term(lse, z_loss)
     if reduction == "none":
         return rows
     total = rows.sum()
@@ -91,7 +91,7 @@ def finish_rows(stats, valid, smoothing, z_loss, v, w_sum, reduction, denom, n_v
             lr = stats[r, 0]
             ce, zt = formulas.row_loss(lr, stats[r, 1], stats[r, 2], stats[r, 3], smoothing,
                                        z_loss, v, w_sum)
-            zp = z_loss * lr * lr if z_loss != 0 else lr * 0.0  # (NaN for an infinite lse)
+            zp = formulas.z_term(lr, z_loss)
         if reduction == NONE:
             loss[r] = ce + zt
             if z is not None:

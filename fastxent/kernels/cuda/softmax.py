@@ -17,7 +17,7 @@ from numba import cuda  # noqa: E402
 
 from ...core.codes import INDEX, MEAN, PROBS  # noqa: E402
 from ...core.formulas import (cap, capped, coefficients, merge, row_loss,  # noqa: E402
-                              softmax_factor)
+                              softmax_factor, z_term)
 from .groups import group_merge  # noqa: E402
 from .groups import merge as merge_partials  # noqa: E402
 from .lanes import compute as as_compute  # noqa: E402
@@ -480,11 +480,11 @@ def lse_kernel(stats, out):
 
 @cuda.jit
 def z_rows_kernel(stats, z, out):
-    """Each row's z-loss term ``z·lse²`` (0 for a row that does not count: its lse is 0)."""
+    """Each row's z-loss term (``formulas.z_term``; 0 for a row that does not count: its lse is
+    0)."""
     i = cuda.grid(1)
     if i < out.size:
-        lse = stats[i, 0]
-        out[i] = z * lse * lse if z != 0 else 0.0
+        out[i] = z_term(stats[i, 0], z)
 
 
 @cuda.jit
@@ -493,9 +493,8 @@ def z_reduce_kernel(stats, n, z, red, totals, bad, out):
     a mean), into ``out[0]``, in a fixed order."""
     t = cuda.threadIdx.x
     zt_sum = np.float64(0.0)
-    if z != 0:
-        for r in range(t, n, cuda.blockDim.x):
-            zt_sum += z * stats[r, 0] * stats[r, 0]
+    for r in range(t, n, cuda.blockDim.x):
+        zt_sum += z_term(stats[r, 0], z)
     zt_sum = _block_reduce(zt_sum, False)
     if t == 0:
         out[0] = _div(zt_sum, totals[0]) if red == MEAN else zt_sum
