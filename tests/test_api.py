@@ -690,6 +690,33 @@ def test_chunked_path(rng, n_rows):
     assert bits(x) == bits(fx.cross_entropy_with_grad(logits, targets, backend="cpu")[1])
 
 
+@pytest.mark.parametrize("dtype", [F16, BF16], ids=dtype_id)
+def test_half_precision_runs_of_rows(rng, dtype):
+    """The half-precision fused call gives each task a run of consecutive rows, and computes the
+    statistics of a row beside the gradient of the row before it (``softmax._row_pipeline``):
+    ignored rows at either end of a run and inside one, a NaN row, a masked block, probability
+    targets, and in place equal to out of place."""
+    from numba import get_num_threads
+
+    n = 4 * config.TASKS_PER_THREAD * get_num_threads() + 3  # several rows per task
+    v = 2 * config.BLOCK + 77
+    assert cpu_backend.common.plan(n, v)[0] == 1, "this shape should take whole rows"
+    logits = random_logits(rng, (n, v), dtype)
+    targets = random_targets(rng, (n,), v)
+    targets[[0, 1, 5, n - 1]] = -100
+    logits[2, :config.BLOCK] = -np.inf  # a masked block before the target
+    targets[2] = v - 1
+    logits[3, 7] = np.nan
+    weight = random_weight(rng, v)
+    for options in ({}, dict(weight=weight, label_smoothing=0.1, z_loss=1e-3, reduction="none")):
+        assert_fused_matches_oracle(logits, targets, dtype, **options)
+        x = logits.copy()
+        fx.cross_entropy_with_grad(x, targets, inplace=True, **options)
+        assert bits(x) == bits(fx.cross_entropy_with_grad(logits, targets, **options)[1])
+    finite = np.where(np.isfinite(logits), logits, 0).astype(dtype)
+    assert_fused_matches_oracle(finite, random_probs(rng, logits.shape, dtype), dtype)
+
+
 def test_chunked_path_non_finite():
     """Masked (-inf) chunks, a NaN row and an ignored NaN row in the chunked path."""
     v = 3 * config.MIN_CHUNK + 1234

@@ -6,7 +6,9 @@ then the sum of ``exp(y - block_max)`` from L1, merged into a running pair with
 for softmax", 2018). So the logits come from main memory once for the statistics. The fused kernel
 keeps each term exp(y - block_max) where the gradient goes (a float32 scratch row for half
 precision) and, once the row's statistics are known, scales them into the gradient while the row
-is still in L2: one exponential per element.
+is still in L2: one exponential per element. In half precision each task takes a run of
+consecutive rows, and the gradient of one row is written block by block beside the statistics of
+the next (``_row_pipeline``), so that its stores overlap the exponentials.
 
 Rows are spread over threads with ``prange``. With fewer rows than threads can share (batch-1
 scoring of a 256K vocabulary) each row is cut into ``nchunk`` chunks; every chunk returns its
@@ -142,7 +144,7 @@ def _block_sumexp_kept(xs, es, m):
 
 @njit(**REDUCE)
 def _segment_stats(x, q, r, lo, hi, w, c, want_sy, kept, bm):
-    """(max, sum-exp, Σwqy, Σwq, Σwy) of x[r, lo:hi], block by block.
+    """(max, sum-exp, Σwqy, Σwq, Σwy) of x[r, lo:hi], block by block (:func:`_add_block`).
 
     With ``kept`` (not None) each term exp(y − block max) is also written to ``kept[lo:hi]`` (a
     row indexed by column), or over the logits themselves when ``kept`` is the tag True (in
@@ -155,31 +157,40 @@ def _segment_stats(x, q, r, lo, hi, w, c, want_sy, kept, bm):
     sq = 0.0
     sy = 0.0
     for b in range(lo, hi, _BLOCK):
-        e = min(b + _BLOCK, hi)
-        xs = x[r, b:e]
-        ws = sliced(w, b, e)
-        # before the terms may overwrite the block (in place)
-        a, bq = _q_sums(xs, row_sliced(q, r, b, e), ws, c)
-        sqy += a
-        sq += bq
-        if want_sy:
-            sy += _block_sum_wy(xs, ws, c)
-        # tanh is increasing, so the capped block maximum is the cap of the raw maximum
-        mb = cap(block_max(xs), c)
-        if kept is not None:
-            bm[b // _BLOCK] = mb
-        if mb > -np.inf:
-            if kept is None:
-                sb = _block_sumexp(xs, mb, c)
-            else:
-                sb = _keep_terms(xs, kept, b, e, mb)
-            m, s, _ = merge(m, s, 0.0, np.float64(mb), np.float64(sb), 0.0)
+        m, s, sqy, sq, sy = _add_block(x, q, r, b, hi, w, c, want_sy, kept, bm, m, s, sqy, sq,
+                                       sy)
+    return m, s, sqy, sq, sy
+
+
+@njit(inline="always", **REDUCE)
+def _add_block(x, q, r, b, hi, w, c, want_sy, kept, bm, m, s, sqy, sq, sy):
+    """The running statistics (m, s, Σwqy, Σwq, Σwy) of row r with the block x[r, b:b + BLOCK]
+    (cut at ``hi``) added: its maximum, then its sums from L1."""
+    e = min(b + _BLOCK, hi)
+    xs = x[r, b:e]
+    ws = sliced(w, b, e)
+    # before the terms may overwrite the block (in place)
+    a, bq = _q_sums(xs, row_sliced(q, r, b, e), ws, c)
+    sqy += a
+    sq += bq
+    if want_sy:
+        sy += _block_sum_wy(xs, ws, c)
+    # tanh is increasing, so the capped block maximum is the cap of the raw maximum
+    mb = cap(block_max(xs), c)
+    if kept is not None:
+        bm[b // _BLOCK] = mb
+    if mb > -np.inf:
+        if kept is None:
+            sb = _block_sumexp(xs, mb, c)
         else:
-            nan = any_nan(xs)  # the maximum may have passed over a NaN among -inf
-            if nan:
-                s = np.nan
-            if kept is not None:  # the terms of an all -inf block are 0 (NaN with a NaN)
-                _fill_terms(xs, kept, b, e, np.nan if nan else 0.0)
+            sb = _keep_terms(xs, kept, b, e, mb)
+        m, s, _ = merge(m, s, 0.0, np.float64(mb), np.float64(sb), 0.0)
+    else:
+        nan = any_nan(xs)  # the maximum may have passed over a NaN among -inf
+        if nan:
+            s = np.nan
+        if kept is not None:  # the terms of an all -inf block are 0 (NaN with a NaN)
+            _fill_terms(xs, kept, b, e, np.nan if nan else 0.0)
     return m, s, sqy, sq, sy
 
 
@@ -265,23 +276,49 @@ def _finish_row(st, r, x, xt, wt, c):
     st[r, 3] += wt
 
 
-@njit(**REDUCE)
-def _row_grad(x, t, q, g, inplace, r, lo, hi, w, c, st, coef, w_sum, xt, wt, kept, bm):
-    """Write the gradient of row r over [lo, hi) from its finished statistics: from the terms
-    kept by the statistics pass when ``kept`` is given (scaled block by block), else recomputed
-    from the logits (soft-cap). ``inplace`` is True (``g`` is ``x``) or None."""
+@njit(inline="always", **REDUCE)
+def _grad_factors(x, r, st, coef, w_sum):
+    """What the gradient of row r is computed from, once its statistics are finished: float64
+    (m, s, a) and, in the compute type, (m, 1/s, a, c0, c1), with ``a`` the softmax factor of
+    ``formulas.softmax_factor``."""
     m64 = st[r, 0]
     s = st[r, 1]
     lse = m64 + math.log(s)
     c0 = coef[r, 0]
     c1 = coef[r, 1]
     a64 = softmax_factor(c0, c1, coef[r, 2], st[r, 3], w_sum, lse)
-    a = as_compute(a64, x)
     # exp(y - lse) as exp(y - m) / s: m is a logit value, so y - m loses nothing for large logits
-    m = as_compute(m64, x)
-    inv_s = as_compute(1.0 / s, x)
-    c0c = as_compute(c0, x)
-    c1c = as_compute(c1, x)
+    return (m64, s, a64, as_compute(m64, x), as_compute(1.0 / s, x), as_compute(a64, x),
+            as_compute(c0, x), as_compute(c1, x))
+
+
+@njit(inline="always", **REDUCE)
+def _scale_block(x, q, g, r, b, hi, w, kept, bm, m64, s, a64, c0, c1):
+    """The gradient of row r over the block at column ``b`` (cut at ``hi``) from its kept terms:
+    each scaled by exp(block max − m)·a/s (``c0``, ``c1`` in the compute type)."""
+    e = min(b + _BLOCK, hi)
+    scale = as_compute(math.exp(bm[b // _BLOCK] - m64) * a64 / s, x)
+    _scale_terms(g[r, b:e], kept, b, e, row_sliced(q, r, b, e), sliced(w, b, e), scale, c0, c1)
+
+
+@njit(inline="always", **REDUCE)
+def _one_hot(x, t, g, r, lo, hi, c, coef, xt, wt, m, inv_s, a):
+    """The gradient of row r at its integer target (when the target is in [lo, hi)), written
+    once over what the row's pass wrote there, so that half precision rounds it once."""
+    if t is not None:
+        j = t[r]
+        if lo <= j < hi:
+            y, slope = cap_and_slope(as_compute(xt, x), c)
+            gj = fexp(y - m) * inv_s * a - as_compute(wt * (coef[r, 0] + coef[r, 1]), x)
+            g[r, j] = store(gj * slope, g)
+
+
+@njit(**REDUCE)
+def _row_grad(x, t, q, g, inplace, r, lo, hi, w, c, st, coef, w_sum, xt, wt, kept, bm):
+    """Write the gradient of row r over [lo, hi) from its finished statistics: from the terms
+    kept by the statistics pass when ``kept`` is given (scaled block by block), else recomputed
+    from the logits (soft-cap). ``inplace`` is True (``g`` is ``x``) or None."""
+    m64, s, a64, m, inv_s, a, c0c, c1c = _grad_factors(x, r, st, coef, w_sum)
     if kept is None:
         qs = row_sliced(q, r, lo, hi)
         ws = sliced(w, lo, hi)
@@ -291,17 +328,8 @@ def _row_grad(x, t, q, g, inplace, r, lo, hi, w, c, st, coef, w_sum, xt, wt, kep
             _segment_grad(x[r, lo:hi], g[r, lo:hi], qs, ws, m, inv_s, a, c0c, c1c, c)
     else:
         for b in range(lo, hi, _BLOCK):
-            e = min(b + _BLOCK, hi)
-            scale = as_compute(math.exp(bm[b // _BLOCK] - m64) * a64 / s, x)
-            qs = row_sliced(q, r, b, e)
-            ws = sliced(w, b, e)
-            _scale_terms(g[r, b:e], kept, b, e, qs, ws, scale, c0c, c1c)
-    if t is not None:
-        j = t[r]
-        if lo <= j < hi:  # the one-hot term, written once (no double rounding in half precision)
-            y, slope = cap_and_slope(as_compute(xt, x), c)
-            gj = fexp(y - m) * inv_s * a - as_compute(wt * (c0 + c1), x)
-            g[r, j] = store(gj * slope, g)
+            _scale_block(x, q, g, r, b, hi, w, kept, bm, m64, s, a64, c0c, c1c)
+    _one_hot(x, t, g, r, lo, hi, c, coef, xt, wt, m, inv_s, a)
 
 
 def _scale_terms(gs, kept, lo, hi, qs, ws, scale, c0, c1):
@@ -397,6 +425,62 @@ def _bm_row_impl(bm, r):
 
 
 @njit(**PARALLEL)
+def _row_pipeline(x, t, q, w, want_sy, coef, w_sum, g, st, scratch, bm, ntask):
+    """The fused call in half precision, ``ntask`` runs of consecutive rows spread over threads.
+
+    Each thread keeps two float32 scratch rows of terms. Block by block, the statistics of row r
+    (its terms kept in one scratch row) alternate with the gradient of row r − 1 (scaled from the
+    other), so that the gradient's stores to memory run while the exponentials are computed,
+    instead of in a pass of their own (docs/performance-notes.md, "Half precision fused: the
+    gradient's stores beside the next row's exponentials")."""
+    n, v = x.shape
+    for k in prange(ntask):
+        first = k * n // ntask
+        end = (k + 1) * n // ntask
+        tid = get_thread_id()
+        # the previous row's gradient factors and target terms, carried to the next iteration
+        p_m64 = p_s = p_a64 = 0.0
+        p_m = p_inv_s = p_a = p_c0 = p_c1 = as_compute(0.0, x)
+        p_xt = p_wt = 0.0
+        for r in range(first, end + 1):
+            fresh = r < end and not _ignored(t, r)
+            back = r > first and not _ignored(t, r - 1)
+            kept = scratch[2 * tid + (r & 1)]
+            old = scratch[2 * tid + ((r + 1) & 1)]
+            xt = wt = 0.0
+            if fresh:
+                xt, wt = _target_terms(x, t, r, w, None)  # read before the terms may overwrite
+            m = -np.inf
+            s = sqy = sq = sy = 0.0
+            for b in range(0, v, _BLOCK):
+                if fresh:
+                    m, s, sqy, sq, sy = _add_block(x, q, r, b, v, w, None, want_sy, kept, bm[r],
+                                                   m, s, sqy, sq, sy)
+                if back:
+                    _scale_block(x, q, g, r - 1, b, v, w, old, bm[r - 1], p_m64, p_s, p_a64,
+                                 p_c0, p_c1)
+            if back:
+                _one_hot(x, t, g, r - 1, 0, v, None, coef, p_xt, p_wt, p_m, p_inv_s, p_a)
+            if r == end:
+                continue
+            if fresh:
+                st[r, 0] = m
+                st[r, 1] = s
+                st[r, 2] = sqy
+                st[r, 3] = sq
+                st[r, 4] = sy
+                _finish_row(st, r, x, xt, wt, None)
+                p_m64, p_s, p_a64, p_m, p_inv_s, p_a, p_c0, p_c1 = _grad_factors(x, r, st, coef,
+                                                                                 w_sum)
+                p_xt = xt
+                p_wt = wt
+            else:
+                st[r, :] = 0.0
+                st[r, 1] = 1.0  # lse 0, like the reference
+                _zero(g[r])
+
+
+@njit(**PARALLEL)
 def _chunks(x, t, q, w, c, want_sy, coef, w_sum, g, inplace, st, keep, scratch, bm, nchunk,
             size):
     """Rows cut into ``nchunk`` chunks of ``size`` columns: partials, merge, then the gradient."""
@@ -470,6 +554,7 @@ def _run(x, targets, weight, softcap, want_sy, coef, grad):
     # branches that write over ``x`` are not compiled for an out-of-place call (read-only logits)
     inplace = True if grad is not None and _same_memory(grad, x) else None
     keep = scratch = bm = None
+    pipeline = nchunk == 1 and n >= 4 * get_num_threads()
     if grad is not None and c is None:
         # the statistics pass keeps exp(y - block max) for the gradient pass, which then only
         # scales them: one exp per element instead of two (a soft-cap's slope needs y, so a capped
@@ -477,10 +562,16 @@ def _run(x, targets, weight, softcap, want_sy, coef, grad):
         keep = True
         bm = np.empty((n, -(-v // _BLOCK)))
         if x.dtype.itemsize == 2:  # half-precision gradient: keep float32 terms beside it
-            scratch_rows = get_num_threads() if nchunk == 1 else n
+            # one row per row cut into chunks; on the row path one per thread, or two for the
+            # pipeline: never more bytes than the gradient (docs/design.md#memory)
+            scratch_rows = n if nchunk > 1 else get_num_threads() * (2 if pipeline else 1)
             scratch = np.empty((scratch_rows, v), np.float32)
     with parallel_guard() as parallel:
-        if nchunk == 1:
+        if scratch is not None and pipeline:
+            kernel = _row_pipeline if parallel else serial(_row_pipeline)
+            ntask = min(n, config.TASKS_PER_THREAD * get_num_threads())
+            kernel(x, t, q, w, want_sy, coef, w_sum, grad, st, scratch, bm, ntask)
+        elif nchunk == 1:
             kernel = _row_tasks if parallel else serial(_row_tasks)
             kernel(x, t, q, w, c, want_sy, coef, w_sum, grad, inplace, st, keep, scratch, bm)
         else:
