@@ -10,7 +10,8 @@ the package's one reduction, ``formulas.merge``.
 """
 
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, types
+from numba.extending import overload
 
 from ... import config
 from ...core.codes import IGNORED
@@ -29,9 +30,8 @@ _FLUSH = np.float32(-87.33654)  # below it exp_term gives ~1.2e-38: a clamp keep
 @njit(**REDUCE)
 def _block_sums(xs, mb, thr):
     """(Σ e, Σ e·d, #{y > thr}) with y the logits, d = y − mb and e = exp(d), one walk over the
-    block (in L1) for all three."""
+    block (in L1) for all three; no count when ``thr`` is None (entropy alone)."""
     zero = as_compute(0.0, xs)  # (not mb - mb: mb may be +inf)
-    one = as_compute(1.0, xs)
     s = zero
     w = zero
     k = zero  # counted in the compute type (exact up to 2**24 > BLOCK): every lane stays float
@@ -42,15 +42,26 @@ def _block_sums(xs, mb, thr):
         # -inf logits (masked classes) give d = -inf; clamped, their e·d is about -1e-36
         w += e * (d if d > _FLUSH else _FLUSH)
         s += e
-        k += one if y > thr else zero
+        k += _above(y, thr, xs)
     return s, w, np.int64(k)
+
+
+def _above(y, thr, xs):
+    """1 when ``y > thr`` else 0, in the compute type of ``xs``; 0 when ``thr`` is None."""
+
+
+@overload(_above, inline="always")
+def _above_impl(y, thr, xs):
+    if isinstance(thr, types.NoneType):
+        return lambda y, thr, xs: as_compute(0.0, xs)
+    return lambda y, thr, xs: as_compute(1.0, xs) if y > thr else as_compute(0.0, xs)
 
 
 @njit(**REDUCE)
 def _count_above(xs, thr):
     k = 0
     for j in range(xs.size):
-        k += 1 if load(xs[j]) > thr else 0
+        k += np.int64(_above(load(xs[j]), thr, xs))
     return k
 
 
@@ -65,9 +76,9 @@ def _first(xs, value):
 
 
 @njit(**REDUCE)
-def _segment(x, r, lo, hi, counting, thr, stats, ints, k):
+def _segment(x, r, lo, hi, thr, stats, ints, k):
     """Partial statistics of x[r, lo:hi] into stats[k, :3] = [m, s, w] and ints[k] = [argmax
-    (a column of x), count above ``thr``]."""
+    (a column of x), count above ``thr``, or -1 when ``thr`` is None]."""
     m = -np.inf
     s = 0.0
     w = 0.0
@@ -88,7 +99,7 @@ def _segment(x, r, lo, hi, counting, thr, stats, ints, k):
                 arg = b + _first(xs, np.nan)
             m, s, w = merge(m, s, w, np.float64(mb), np.float64(sb), np.float64(wb))
         else:
-            above += _count_above(xs, thr)  # (the thresholds' NaN when not counting: 0)
+            above += _count_above(xs, thr)
             if not nan and any_nan(xs):  # the maximum may have passed over a NaN among -inf
                 nan = True
                 arg = b + _first(xs, np.nan)
@@ -96,7 +107,7 @@ def _segment(x, r, lo, hi, counting, thr, stats, ints, k):
     stats[k, 1] = s
     stats[k, 2] = w
     ints[k, 0] = arg
-    ints[k, 1] = above if counting else -1
+    ints[k, 1] = -1 if thr is None else above
 
 
 @njit(**PARALLEL)
@@ -114,15 +125,17 @@ def _tasks(x, targets, thresholds, nchunk, size, stats, ints):
             ints[k, 0] = -1 if t == IGNORED else 0
             ints[k, 1] = -1 if t == IGNORED else 0
             continue
-        thr = as_compute(np.nan, x)  # nothing is above NaN: counts nothing when not counting
-        counting = False
-        if t >= 0:
-            thr = load(x[r, t])
+        # the count's threshold: the target's logit, a given threshold (a logit read back: exact
+        # in the compute type), or none (entropy alone: the loop compiled without the count)
+        thr = load(x[r, max(t, 0)])
+        counting = t >= 0
+        if not counting and thresholds is not None and thresholds[r] == thresholds[r]:
+            thr = as_compute(thresholds[r], x)
             counting = True
-        elif thresholds is not None and thresholds[r] == thresholds[r]:
-            thr = as_compute(thresholds[r], x)  # a logit read back: exact in the compute type
-            counting = True
-        _segment(x, r, lo, hi, counting, thr, stats, ints, k)
+        if counting:
+            _segment(x, r, lo, hi, thr, stats, ints, k)
+        else:
+            _segment(x, r, lo, hi, None, stats, ints, k)
         stats[k, 3] = thr if t >= 0 else np.nan
 
 
