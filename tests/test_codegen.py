@@ -40,9 +40,11 @@ def _block_max_of(xs):
 @pytest.mark.parametrize("storage", [types.float32, types.uint16, types.int16],
                          ids=["float32", "bfloat16", "float16"])
 def test_block_max_is_a_packed_integer_max_and_min(storage):
+    """On the bit patterns: 32-bit lanes for float32, 16-bit lanes for the half formats."""
     asm = _asm(njit(_block_max_of), (types.Array(storage, 1, "C"),))
-    assert re.search(r"\bvpmaxsd\s+[^\n]*%[xyz]mm", asm)
-    assert re.search(r"\bvpminsd\s+[^\n]*%[xyz]mm", asm)
+    width = "d" if storage == types.float32 else "w"
+    assert re.search(rf"\bvpmaxs{width}\s+[^\n]*%[xyz]mm", asm)
+    assert re.search(rf"\bvpmins{width}\s+[^\n]*%[xyz]mm", asm)
 
 
 def test_exp_sum_is_packed_fma_and_calls_no_libm_exp():

@@ -144,20 +144,39 @@ def _max_cases():
     yield np.array([-4.0, negative_nan, -1.5, negative_nan], np.float32)
 
 
-@pytest.mark.parametrize("case", range(len(list(_max_cases()))))
-def test_block_max_is_exact(case):
-    xs = list(_max_cases())[case]
-    finite_or_inf = xs[~np.isnan(xs)]
-    want = finite_or_inf.max()
-    got = _block_max(xs)
-    nan = np.isnan(xs)
+def _assert_block_max(values, storage, signed):
+    """``block_max`` of ``values`` (held as ``storage``) against NumPy's maximum of the values
+    that are not NaN; ``signed`` is the integer type of the bit patterns."""
+    nan = np.isnan(values.astype(np.float32))
+    want = values[~nan].astype(np.float32).max()
+    got = _block_max(values.view(storage))
     if nan.any():
         # A NaN may win (the exp-sum propagates it), but only one that the maximum of the bit
         # patterns can pick: a NaN with the sign bit clear (above every other pattern).
-        can_win = (xs[nan].view(np.int32) >= 0).any()
+        can_win = (values[nan].view(signed) >= 0).any()
         assert got == want or (can_win and np.isnan(got)), (got, want)
     else:
         assert got == want  # (+0.0 and -0.0 compare equal: either may be the maximum of both)
+
+
+@pytest.mark.parametrize("case", range(len(list(_max_cases()))))
+def test_block_max_is_exact(case):
+    _assert_block_max(list(_max_cases())[case], np.float32, np.int32)
+
+
+@pytest.mark.parametrize("fmt", ["bfloat16", "float16"])
+@pytest.mark.parametrize("case", range(len(list(_max_cases())) + 1))
+def test_block_max_of_half_precision_is_exact(fmt, case):
+    """The same cases in the half formats, whose maximum is taken on 16-bit patterns; the last
+    case is random 16-bit patterns (NaNs of either sign among them)."""
+    storage, real = HALF[fmt]
+    if case < len(list(_max_cases())):
+        with np.errstate(over="ignore", invalid="ignore"):  # -3.4e38 to -inf, NaNs kept
+            values = list(_max_cases())[case].astype(real)
+    else:
+        bits = np.random.default_rng(4).integers(-2**15, 2**15, 4096).astype(np.int16)
+        values = bits.view(real)
+    _assert_block_max(values, storage, np.int16)
 
 
 @pytest.mark.parametrize("fmt", ["bfloat16", "float16"])
