@@ -49,8 +49,11 @@ def _target(v, x):
 
 @overload(_target, inline="always")
 def _target_impl(v, x):
-    if isinstance(v, (types.Boolean, types.Integer)) and (
-            isinstance(v, types.Boolean) or v.bitwidth == 8):
+    if isinstance(v, types.Boolean):
+        # a select of 1 or 0 (one masked move), not a conversion: the compiler also knows the
+        # value is in [0, 1], and drops the range check
+        return lambda v, x: as_compute(1.0, x) if v else as_compute(0.0, x)
+    if isinstance(v, types.Integer) and v.bitwidth == 8:
         return lambda v, x: as_compute(np.float32(v), x)
     return lambda v, x: as_compute(load(v), x)
 
@@ -60,14 +63,27 @@ def _logit_term(x, y, pw, one):
     """(loss, dloss/dx) of one logit, from one exponential ``e = exp(-|x|)``, which gives both
     ``L = log1p(e)`` and sigmoid(x). The loss is written as a sum of two non-negative terms for
     either sign of x, so that it keeps float32's relative precision (no cancellation):
-    ``lw·L + (1 - y)·x`` for x >= 0 and ``lw·L - pw·y·x`` for x < 0, with lw = 1 + (pw - 1)·y."""
-    lw = one + (pw - one) * y
+    ``lw·L + (1 - y)·x`` for x >= 0 and ``lw·L - pw·y·x`` for x < 0, with lw = 1 + (pw - 1)·y
+    (``pw`` None: 1, and ``lw`` 1)."""
+    lw, pwy = _positive_weights(pw, y, one)
     e = exp32_or_libm(-abs(x))
-    linear = (one - y) * x if x >= 0 else -(pw * y * x)
+    linear = (one - y) * x if x >= 0 else -(pwy * x)
     loss = lw * flog1p(e) + linear
     sig = one / (one + e)
     sig = sig if x >= 0 else e * sig
-    return loss, lw * sig - pw * y
+    return loss, lw * sig - pwy
+
+
+def _positive_weights(pw, y, one):
+    """``(1 + (pw - 1)·y, pw·y)``; ``(1, y)`` when ``pw`` is None (decided when compiled: with a
+    weight of 1 the products would still be computed, as ``0·y`` is not 0 for every float)."""
+
+
+@overload(_positive_weights, inline="always")
+def _positive_weights_impl(pw, y, one):
+    if isinstance(pw, types.NoneType):
+        return lambda pw, y, one: (one, y)
+    return lambda pw, y, one: (one + (pw - one) * y, pw * y)
 
 
 @njit(inline="always", **_ELEMENT)
@@ -179,7 +195,7 @@ def _tasks(x, y, cw, rw, ew, pw, c, losses, g, rs, ge, nchunk, size, part, bad):
                 xv = load(xs[j])
                 yv = _target(ys[j], x)
                 wv = as_compute(weight_at(cws, j), x) * as_compute(weight_at(ews, j), x)
-                loss, d, ok = _term(xv, yv, as_compute(weight_at(pws, j), x), _eps(c, x), one)
+                loss, d, ok = _term(xv, yv, _weight_or_none(pws, j, x), _eps(c, x), one)
                 nb += zero if ok else one
                 loss = wv * loss
                 s += loss
@@ -191,6 +207,17 @@ def _tasks(x, y, cw, rw, ew, pw, c, losses, g, rs, ge, nchunk, size, part, bad):
             nbad += int(nb)
         part[k] = total * np.float64(row_w)
         bad[k] = nbad
+
+
+def _weight_or_none(ws, j, x):
+    """``ws[j]`` in the compute type of ``x``, or None."""
+
+
+@overload(_weight_or_none, inline="always")
+def _weight_or_none_impl(ws, j, x):
+    if isinstance(ws, types.NoneType):
+        return lambda ws, j, x: None
+    return lambda ws, j, x: as_compute(ws[j], x)
 
 
 def _eps(c, x):
