@@ -83,3 +83,21 @@ def test_gradient_scaling_of_kept_terms_is_packed(terms):
         sig = (types.Array(types.uint16, 1, "C"), SEG, types.none, types.none, F32, F32, F32)
     asm = _asm(softmax._segment_scale, sig)
     assert _packed(asm, r"v(fmadd|fmsub|mul)\w*ps")
+
+
+def test_no_isfinite_in_the_kernels():
+    """Numba computes ``math.isfinite(x)`` as "``x - x`` is ordered". Under the kernels' fast-math
+    flags (``reassoc``, ``nsz``) LLVM folds ``x - x`` to 0, so every value tests finite: the KL
+    kernel kept an infinite offset and returned NaN when P's first block was masked. Kernels
+    compare with the infinities instead."""
+    import pathlib
+
+    import fastxent.kernels
+
+    root = pathlib.Path(fastxent.kernels.__file__).parent
+    uses = [f"{path.relative_to(root)}:{number}"
+            for path in sorted(root.rglob("*.py"))
+            for number, line in enumerate(path.read_text().splitlines(), 1)
+            if "math.isfinite(" in line]
+    assert not uses, uses
+

@@ -14,6 +14,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import fastxent as fx
+from fastxent import config
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
@@ -299,6 +300,22 @@ def test_kl_divergence_matches_pytorch_and_scipy(rng, dtype, backend):
     if dtype in (F32, F64):
         np.testing.assert_allclose(got[1:], scipy.special.rel_entr(p, q).sum(-1)[1:],
                                    rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_kl_divergence_of_masked_classes(rng, backend):
+    """Classes masked in P (logits -inf) weigh nothing, whether Q masks them too or not: 0·log 0
+    is 0, as in SciPy's ``rel_entr``. (PyTorch's ``kl_div`` gives NaN there.)"""
+    v = 2 * config.BLOCK + 100
+    x = random_logits(rng, (3, v), F32)
+    y = random_logits(rng, (3, v), F32)
+    x[0, :5] = -np.inf  # in P alone
+    x[1, 100:2 * config.BLOCK] = y[1, 100:2 * config.BLOCK] = -np.inf  # in both, past a block
+    x[2, :config.BLOCK] = -np.inf  # a whole block of P
+    want = scipy.special.rel_entr(scipy.special.softmax(to64(x), -1),
+                                  scipy.special.softmax(to64(y), -1)).sum(-1)
+    np.testing.assert_allclose(fx.kl_divergence(x, y, backend=backend), want, rtol=1e-5,
+                               atol=1e-6)
 
 
 def test_entropy_and_kl_bad_input():

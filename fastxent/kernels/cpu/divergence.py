@@ -22,10 +22,11 @@ from ... import config
 from ...core.formulas import merge
 from ...core.threads import parallel_guard
 from .common import REDUCE, row_sliced, serial
-from .numeric import as_compute, block_max, fexp, load, store
+from .numeric import as_compute, block_max, exp_term, fexp, load, store
 
 PARALLEL = dict(REDUCE, parallel=True)
 _BLOCK = config.BLOCK
+_FLOOR = np.float32(-87.33654)  # where exp_term stops decreasing: about 1.2e-38
 
 
 @njit(**REDUCE)
@@ -39,10 +40,13 @@ def _block(xs, ys, mx, my, d0):
     for j in range(xs.size):
         x = load(xs[j])
         y = load(ys[j])
-        e = fexp(x - mx)
+        e = exp_term(x - mx)  # at least about 1.2e-38: clamped, not flushed to 0 (one operation)
         sx += e
-        a += zero if e == zero else e * ((x - y) - d0)  # a masked class of P weighs nothing
-        sy += fexp(y - my)
+        # A masked class of P (x = -inf) weighs nothing: its difference, -inf or NaN (y = -inf
+        # too), is clamped to -87.3, so that the term is about -1e-36 instead of -inf or NaN.
+        d = (x - y) - d0
+        a += e * (d if d > _FLOOR else _FLOOR)
+        sy += exp_term(y - my)
     return sx, a, sy
 
 
@@ -79,7 +83,9 @@ def _kl_rows(x, y, out):
             by = _max(ys)
             if b == 0:
                 d0 = np.float64(bx) - np.float64(by)
-                d0 = d0 if math.isfinite(d0) else 0.0
+                # compared, not math.isfinite: Numba computes that as d0 - d0, which the
+                # kernels' fast-math flags fold to 0 (every offset, -inf too, was finite)
+                d0 = d0 if d0 > -np.inf and d0 < np.inf else 0.0
                 d0 = np.float64(as_compute(d0, xs))  # exact in the compute type
             sbx, ab, sby = _block(xs, ys, _shift(bx, xs), _shift(by, ys), as_compute(d0, xs))
             if bx > -np.inf:
