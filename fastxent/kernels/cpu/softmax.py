@@ -554,7 +554,7 @@ def _run(x, targets, weight, softcap, want_sy, coef, grad):
     # branches that write over ``x`` are not compiled for an out-of-place call (read-only logits)
     inplace = True if grad is not None and _same_memory(grad, x) else None
     keep = scratch = bm = None
-    pipeline = nchunk == 1 and n >= 4 * get_num_threads()
+    pipeline = False
     if grad is not None and c is None:
         # the statistics pass keeps exp(y - block max) for the gradient pass, which then only
         # scales them: one exp per element instead of two (a soft-cap's slope needs y, so a capped
@@ -564,12 +564,14 @@ def _run(x, targets, weight, softcap, want_sy, coef, grad):
         if x.dtype.itemsize == 2:  # half-precision gradient: keep float32 terms beside it
             # one row per row cut into chunks; on the row path one per thread, or two for the
             # pipeline: never more bytes than the gradient (docs/design.md#memory)
-            scratch_rows = n if nchunk > 1 else get_num_threads() * (2 if pipeline else 1)
+            threads = get_num_threads()
+            pipeline = nchunk == 1 and n >= 4 * threads
+            scratch_rows = n if nchunk > 1 else threads * (2 if pipeline else 1)
             scratch = np.empty((scratch_rows, v), np.float32)
     with parallel_guard() as parallel:
-        if scratch is not None and pipeline:
+        if pipeline:
             kernel = _row_pipeline if parallel else serial(_row_pipeline)
-            ntask = min(n, config.TASKS_PER_THREAD * get_num_threads())
+            ntask = min(n, config.TASKS_PER_THREAD * threads)
             kernel(x, t, q, w, want_sy, coef, w_sum, grad, st, scratch, bm, ntask)
         elif nchunk == 1:
             kernel = _row_tasks if parallel else serial(_row_tasks)
