@@ -269,11 +269,23 @@ def _zero(gs):
 # --- rows and chunks -----------------------------------------------------------------------------
 
 
-@njit(**REDUCE)
-def _finish_row(st, r, x, xt, wt, c):
-    """Adds the one-hot target's terms ``w_t·y_t`` and ``w_t`` to the row's sums."""
-    st[r, 2] += wt * np.float64(cap(as_compute(xt, x), c))
-    st[r, 3] += wt
+@njit(inline="always", **REDUCE)
+def _put_row(st, r, stats, x, xt, wt, c):
+    """Row r's statistics ``(m, s, Σwqy, Σwq, Σwy)`` into ``st``, the one-hot target's terms
+    ``w_t·y_t`` and ``w_t`` added to its sums."""
+    m, s, sqy, sq, sy = stats
+    st[r, 0] = m
+    st[r, 1] = s
+    st[r, 2] = sqy + wt * np.float64(cap(as_compute(xt, x), c))
+    st[r, 3] = sq + wt
+    st[r, 4] = sy
+
+
+@njit(inline="always", **REDUCE)
+def _put_ignored(st, r):
+    """An ignored row's statistics: zeros, and lse 0 (s = 1), like the reference."""
+    st[r, :] = 0.0
+    st[r, 1] = 1.0
 
 
 @njit(inline="always", **REDUCE)
@@ -394,21 +406,15 @@ def _row_tasks(x, t, q, w, c, want_sy, coef, w_sum, g, inplace, st, keep, scratc
     n, v = x.shape
     for r in prange(n):
         if _ignored(t, r):
-            st[r, :] = 0.0
-            st[r, 1] = 1.0  # lse 0, like the reference
+            _put_ignored(st, r)
             if g is not None:
                 _zero(g[r])
             continue
         xt, wt = _target_terms(x, t, r, w, c)  # read before the terms may overwrite the row
         kept = _kept_row(keep, scratch, get_thread_id())
         bmr = _bm_row(bm, r)
-        m, s, sqy, sq, sy = _stats(x, q, r, 0, v, w, c, want_sy, g, inplace, kept, bmr)
-        st[r, 0] = m
-        st[r, 1] = s
-        st[r, 2] = sqy
-        st[r, 3] = sq
-        st[r, 4] = sy
-        _finish_row(st, r, x, xt, wt, c)
+        _put_row(st, r, _stats(x, q, r, 0, v, w, c, want_sy, g, inplace, kept, bmr), x, xt, wt,
+                 c)
         if g is not None:
             _row_grad(x, t, q, g, inplace, r, 0, v, w, c, st, coef, w_sum, xt, wt, kept, bmr)
 
@@ -464,19 +470,13 @@ def _row_pipeline(x, t, q, w, want_sy, coef, w_sum, g, st, scratch, bm, ntask):
             if r == end:
                 continue
             if fresh:
-                st[r, 0] = m
-                st[r, 1] = s
-                st[r, 2] = sqy
-                st[r, 3] = sq
-                st[r, 4] = sy
-                _finish_row(st, r, x, xt, wt, None)
+                _put_row(st, r, (m, s, sqy, sq, sy), x, xt, wt, None)
                 p_m64, p_s, p_a64, p_m, p_inv_s, p_a, p_c0, p_c1 = _grad_factors(x, r, st, coef,
                                                                                  w_sum)
                 p_xt = xt
                 p_wt = wt
             else:
-                st[r, :] = 0.0
-                st[r, 1] = 1.0  # lse 0, like the reference
+                _put_ignored(st, r)
                 _zero(g[r])
 
 
@@ -509,21 +509,17 @@ def _chunks(x, t, q, w, c, want_sy, coef, w_sum, g, inplace, st, keep, scratch, 
         part[k, 3] = sq
         part[k, 4] = sy
     for r in range(n):
+        if _ignored(t, r):
+            _put_ignored(st, r)
+            continue
         m = -np.inf
-        s = 0.0
-        st[r, 2:] = 0.0
+        s = sqy = sq = sy = 0.0
         for k in range(r * nchunk, (r + 1) * nchunk):
             m, s, _ = merge(m, s, 0.0, part[k, 0], part[k, 1], 0.0)
-            st[r, 2] += part[k, 2]
-            st[r, 3] += part[k, 3]
-            st[r, 4] += part[k, 4]
-        st[r, 0] = m
-        st[r, 1] = s
-        if _ignored(t, r):
-            st[r, :] = 0.0
-            st[r, 1] = 1.0
-        else:
-            _finish_row(st, r, x, target[r, 0], target[r, 1], c)
+            sqy += part[k, 2]
+            sq += part[k, 3]
+            sy += part[k, 4]
+        _put_row(st, r, (m, s, sqy, sq, sy), x, target[r, 0], target[r, 1], c)
     if g is not None:
         for k in prange(n * nchunk):
             r = k // nchunk
