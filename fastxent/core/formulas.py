@@ -2,8 +2,9 @@
 
 Each function is registered with Numba's ``register_jitable``: the CPU kernels (``njit``) and the
 CUDA kernels (``cuda.jit``) call it as they call their own device functions and compile it for
-their target, Numba's CUDA simulator runs it as Python, and the functions without branches on
-values also run on NumPy arrays, which is how the host turns the rows' statistics into losses.
+their target, Numba's CUDA simulator runs it as Python, the host's compiled loops over rows
+(``kernels/host.py``) call it per row, and the functions without branches on values also run on
+NumPy arrays of rows (the fused linear loss's class blocks, the PyTorch composite).
 The float64 reference (``kernels/reference.py``) stays an independent twin: it is the oracle
 these are tested against. See docs/design.md#the-shared-mechanisms.
 

@@ -258,6 +258,7 @@ def shifted(targets, lead, s, ignore, n_classes):
     touched. The targets used are checked here (an error names their own position); the first
     ``s``, which no position predicts, are not read."""
     t = host_array(targets, "targets")
+    no_shift_of_probabilities(_dtypes.is_float(t.dtype))
     if t.dtype.kind not in "iu":
         raise TypeError(f"targets has dtype {t.dtype}: shift= takes integer class indices")
     if t.shape != tuple(lead):

@@ -67,7 +67,7 @@ def _weight(ad, weight, n_classes, compute):
     if _arrays.is_device(weight):
         other = _arrays.adapter(weight)
         dname, wshape = other.dtype_name(weight), other.shape(weight)
-        _checks.logits_format(dname, wshape, name="weight", scalar_ok=True)
+        _checks.logits_format(dname, wshape, name="weight on the GPU", scalar_ok=True)
         _checks.weight_shape(wshape, n_classes)
         # the kernels read float32 or float64 weights; half precision is widened (V values)
         return other.view(weight) if dname in ("float32", "float64") else other.float64(weight)

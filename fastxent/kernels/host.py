@@ -9,6 +9,7 @@ of rows for the fused linear loss's blocks and the PyTorch composite (:func:`row
 from typing import Callable, NamedTuple
 
 import numpy as np
+from numba import njit
 
 from ..core import formulas
 from ..core.codes import INDEX, MEAN, NONE, REDUCTIONS, SUM
@@ -46,9 +47,9 @@ def z_part(lse, z_loss, reduction, n_valid):
     return total if reduction == "sum" else total / n_valid
 
 
-# The O(N) steps of a call, written once as loops over rows on the formulas' scalars: the
-# reference runs them as Python, the CPU backend compiles them (``cpu.STEPS``), so that a call on a
-# few rows spends microseconds, not tens of NumPy calls, around its kernel.
+# The O(N) steps of a call, written once as loops over rows on the formulas' scalars and compiled
+# (``STEPS``) for both host backends: a call on a few rows spends microseconds, not tens of NumPy
+# calls, around its kernel, and a call on many rows no Python loop.
 
 def index_counts(targets, ignore, weight, valid):
     """Fill ``valid`` (the rows whose class index is not ``ignore``); return ``(denom,
@@ -117,10 +118,12 @@ class Steps(NamedTuple):
     finish_rows: Callable
 
 
-PYTHON = Steps(index_counts, coefficient_rows, finish_rows)
+#: the steps compiled (on first use, and cached on disk)
+STEPS = Steps(*(njit(cache=True, error_model="numpy")(f)
+                for f in (index_counts, coefficient_rows, finish_rows)))
 
 
-def cross_entropy(rows, call, out, steps=PYTHON):
+def cross_entropy(rows, call, out, steps=STEPS):
     """``Backend.cross_entropy`` of a host backend whose per-row statistics are ``rows``, its
     O(N) work done by ``steps``: the call's class indices were checked, so it returns no flag
     (None)."""

@@ -45,7 +45,7 @@ def prepare(logits, targets, ignore_index):
     ignore = _checks.ignore_index(ignore_index)
     _checks.classes(a.shape)
     kind, t = _checks.targets(targets, a.shape, ignore)
-    _checks.index_targets(kind, np.asarray(targets).dtype, "token_stats")
+    _checks.index_targets(kind, t.dtype, "token_stats")
     x = storage_view(np.ascontiguousarray(a)).reshape(-1, a.shape[-1])
     ignored = t < 0
     codes = np.where(ignored, IGNORED, t)

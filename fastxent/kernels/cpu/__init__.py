@@ -4,7 +4,6 @@ for the interface, docs/design.md#layers for the layout). The softmax kernels ar
 :mod:`.divergence`, the token statistics in :mod:`.tokens`."""
 
 import numpy as np
-from numba import njit
 
 from ...core.threads import parallel_guard
 from .. import host as _host
@@ -30,14 +29,9 @@ def logsumexp(x, softcap=None, out=None):
     return out
 
 
-#: the host driver's O(N) steps, compiled (``kernels/host.py``)
-STEPS = _host.Steps(*(njit(cache=True, error_model="numpy")(f) for f in _host.PYTHON))
-
-
 def cross_entropy(call, out):
-    """``interface.Backend.cross_entropy``: the whole call from :func:`rows`, its O(N) steps
-    compiled."""
-    return _host.cross_entropy(rows, call, out, STEPS)
+    """``interface.Backend.cross_entropy``: the whole call from :func:`rows`."""
+    return _host.cross_entropy(rows, call, out)
 
 
 def rows(x, targets, weight, softcap, want_sy, coef=None, grad=None):

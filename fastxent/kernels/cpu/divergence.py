@@ -22,11 +22,10 @@ from ... import config
 from ...core.formulas import merge
 from ...core.threads import parallel_guard
 from .common import REDUCE, row_sliced, serial
-from .numeric import as_compute, block_max, exp_term, fexp, load, store
+from .numeric import as_compute, block_max, exp_term, fexp, floored, load, store
 
 PARALLEL = dict(REDUCE, parallel=True)
 _BLOCK = config.BLOCK
-_FLOOR = np.float32(-87.33654)  # where exp_term stops decreasing: about 1.2e-38
 
 
 @njit(**REDUCE)
@@ -42,10 +41,8 @@ def _block(xs, ys, mx, my, d0):
         y = load(ys[j])
         e = exp_term(x - mx)  # at least about 1.2e-38: clamped, not flushed to 0 (one operation)
         sx += e
-        # A masked class of P (x = -inf) weighs nothing: its difference, -inf or NaN (y = -inf
-        # too), is clamped to -87.3, so that the term is about -1e-36 instead of -inf or NaN.
-        d = (x - y) - d0
-        a += e * (d if d > _FLOOR else _FLOOR)
+        # a masked class of P (x = -inf) weighs nothing: about -1e-36
+        a += e * floored((x - y) - d0)
         sy += exp_term(y - my)
     return sx, a, sy
 

@@ -12,8 +12,9 @@
 * ``block_max`` is the maximum of a block: for float32, the larger of the integer maximum and
   minimum of the bit patterns (exact, and four times faster than LLVM's ``maxnum`` reduction,
   which x86 needs NaN fix-ups for); for bfloat16 and float16 the same on their 16-bit patterns,
-  undecoded (four times faster again than on the decoded values). ``fmax`` is ``maxnum``, for float64 blocks. Either may drop a
-  NaN, which is harmless: the sum of exponentials that follows every maximum propagates it.
+  undecoded (four times faster again than on the decoded values). ``fmax`` is ``maxnum``, for
+  float64 blocks. Either may drop a NaN, which is harmless: the sum of exponentials that follows
+  every maximum propagates it.
 * ``load`` / ``store`` decode and encode the storage views of ``fastxent.core.dtypes``: ``uint16``
   holds bfloat16 bits, ``int16`` float16 bits; float32 and float64 pass through.
 * ``cap`` and ``cap_and_slope`` are the logit soft-cap of ``formulas.capped``, the identity when
@@ -159,6 +160,14 @@ def exp_term(x):
     """exp for the terms of a sum of exponentials: :func:`fexp`, except that float32 arguments
     below -87.33 give about 1.2e-38 instead of 0."""
     return math.exp(x)
+
+
+@njit(inline="always")
+def floored(d):
+    """``d`` clamped below at -87.33 (NaN too), where :func:`exp_term` stops decreasing: the
+    factor of a term ``exp_term(·)·d`` that must stay finite, about -1e-36, when ``d`` is -inf
+    (a masked class) or NaN (two masked classes subtracted)."""
+    return d if d > _FLUSH else _FLUSH
 
 
 def _float32_or_libm(exp_float32):

@@ -19,12 +19,10 @@ from ...core.formulas import merge
 from ...core.partials import merge_partials
 from ...core.threads import parallel_guard
 from .common import REDUCE, any_nan, plan, serial  # the CPU kernels' flags and helpers
-from .numeric import as_compute, block_max, exp_term, load
+from .numeric import as_compute, block_max, exp_term, floored, load
 
 PARALLEL = dict(REDUCE, parallel=True)
 _BLOCK = config.BLOCK
-_FLUSH = np.float32(-87.33654)  # below it exp_term gives ~1.2e-38: a clamp keeps e·d finite
-
 
 
 @njit(**REDUCE)
@@ -40,7 +38,7 @@ def _block_sums(xs, mb, thr):
         d = y - mb
         e = exp_term(d)
         # -inf logits (masked classes) give d = -inf; clamped, their e·d is about -1e-36
-        w += e * (d if d > _FLUSH else _FLUSH)
+        w += e * floored(d)
         s += e
         k += _above(y, thr, xs)
     return s, w, np.int64(k)

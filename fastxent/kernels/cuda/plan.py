@@ -11,7 +11,7 @@ from ...core.codes import INDEX, NO_TARGETS, NONE, PROBS, REDUCTIONS
 from ..interface import LossCall
 from .groups import WARP
 
-__all__ = ["INDEX", "PROBS", "REDUCTIONS", "call", "grid", "lse_call", "splits", "words"]
+__all__ = ["call", "grid", "lse_call", "splits", "words"]
 
 
 def _address(a):
