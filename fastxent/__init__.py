@@ -14,6 +14,7 @@ from .losses.family import (binary_cross_entropy, binary_cross_entropy_with_grad
                             cross_entropy_from_probs_with_grad, entropy, entropy_with_grad,
                             kl_divergence, kl_divergence_with_grad)
 from .losses.linear import linear_cross_entropy, linear_cross_entropy_with_grad
+from .losses.linear_tokens import linear_token_stats
 from .losses.tokens import TokenStats, token_stats
 
 # Before anything else starts Numba's threads (see docs/threading.md): a later call of, say,
@@ -24,7 +25,7 @@ _ensure_threading_layer()
 __version__ = "0.1.0"
 
 __all__ = ["cross_entropy", "cross_entropy_with_grad", "logsumexp", "check_gpu_targets",
-           "token_stats", "TokenStats",
+           "token_stats", "TokenStats", "linear_token_stats",
            "Evaluator", "EvalResult", "SequenceResult", "binary_cross_entropy",
            "binary_cross_entropy_with_grad",
            "binary_cross_entropy_with_logits", "binary_cross_entropy_with_logits_with_grad",

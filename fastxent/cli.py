@@ -1,6 +1,7 @@
 """The ``fastxent`` command: ``fastxent info`` describes the installation, ``fastxent bench``
 runs the benchmark (its logic lives in :mod:`fastxent.bench`), ``fastxent eval`` evaluates saved
-logits (:mod:`fastxent.evaluation.command`).
+logits (:mod:`fastxent.evaluation.command`), ``fastxent eval-model`` a Hugging Face model on a
+text file (:mod:`fastxent.evaluation.model_command`).
 
 Heavy imports (torch, the benchmark's peers) happen inside the subcommands, so ``fastxent --help``
 stays instant.
@@ -85,6 +86,11 @@ def build_parser():
                               description=_eval_cli.__doc__.split("\n\n")[0])
     _eval_cli.add_arguments(evaluate)
     evaluate.set_defaults(handler=lambda args, _top, p=evaluate: _eval_cli.run(args, p))
+    from .evaluation import model_command as _model_cli
+    model = sub.add_parser("eval-model", help="perplexity of a Hugging Face model on a text file",
+                           description=_model_cli.__doc__.split("\n\n")[0])
+    _model_cli.add_arguments(model)
+    model.set_defaults(handler=lambda args, _top, p=model: _model_cli.run(args, p))
     return parser
 
 

@@ -310,7 +310,6 @@ def logsumexp(logits):
 
 def token_stats(logits, targets, *, ignore_index):
     """``fastxent.token_stats`` on the GPU: the statistics come back to the host (O(N))."""
-    from ..core.codes import IGNORED
     ignore = _checks.ignore_index(ignore_index)
     be, ad, dname, shape, lead, v, n = _gpu_logits(logits)
     stream = ad.stream()
@@ -321,12 +320,26 @@ def token_stats(logits, targets, *, ignore_index):
     kind, t = _checks.targets(host_t, shape, ignore)
     _checks.index_targets(kind, host_t.dtype, "token_stats")
     ignored = t < 0
-    codes = ad.cuda.to_device(np.where(ignored, IGNORED, t), stream=stream)
-    x = ad.view(logits).reshape(n, v)
+    stats, ints = _token_partials(be, ad, ad.view(logits).reshape(n, v), t, stream)
+    return tuple(f.reshape(lead) for f in finish(stats, ints, ignored))
+
+
+def _token_partials(be, ad, x, codes, stream):
+    """The token-statistics partials of device logits ``x`` (N, V) against host class codes
+    (N,) (negative: ignored), back on the host: ``(stats (N, 4), ints (N, 2))``."""
+    from ..core.codes import IGNORED
+    codes = ad.cuda.to_device(np.where(codes < 0, IGNORED, codes), stream=stream)
     stats, ints = be.token_partials(x, codes)
     stats, ints = stats.copy_to_host(stream=stream), ints.copy_to_host(stream=stream)
     stream.synchronize()
-    return tuple(f.reshape(lead) for f in finish(stats, ints, ignored))
+    return stats, ints
+
+
+def token_partials(logits, codes):
+    """:func:`_token_partials` of a 2-D GPU array of logits (a chunk whose arguments its caller
+    has checked: ``fastxent.torch.linear_token_stats``)."""
+    be, ad, *_ = _gpu_logits(logits)
+    return _token_partials(be, ad, ad.view(logits), codes, ad.stream())
 
 
 def binary(kind, logits, targets, weights, pos_weight, eps, reduction, grad, grad_scale, out,

@@ -12,6 +12,7 @@ import numpy as np
 
 from ..dispatch import backends as _dispatch
 from ..dispatch import checks as _checks
+from ..losses.linear_tokens import linear_token_stats
 from ..losses.tokens import TokenStats, token_stats
 
 
@@ -200,6 +201,43 @@ class Evaluator:
         """
         stats = token_stats(logits, targets, ignore_index=self.ignore_index,
                             backend=self.backend)
+        self.add(stats, _host(targets), sequence_ids=sequence_ids)
+        return stats
+
+    def update_hidden(self, hidden, weight, targets, bias=None, *, temperature=1.0,
+                      softcap=None, chunk_size=None, sequence_ids=None):
+        """Score one batch from hidden states and the output layer, never holding the logits
+        ``hidden @ weight.T + bias`` (memory of one chunk of rows of them); returns its
+        :class:`TokenStats`.
+
+        Parameters
+        ----------
+        hidden, weight, targets, bias, temperature, softcap, chunk_size
+            As :func:`linear_token_stats` (NumPy arrays) or
+            :func:`fastxent.torch.linear_token_stats` (tensors, on the CPU or a GPU).
+        sequence_ids
+            As :meth:`update`.
+
+        Examples
+        --------
+        >>> import numpy as np, fastxent as fx
+        >>> hidden = np.array([[1.0, 0.0], [0.0, 1.0]], dtype=np.float32)
+        >>> weight = np.array([[2.0, 0.0], [1.0, 1.0], [0.1, 0.0]], dtype=np.float32)
+        >>> ev = fx.Evaluator(topk=(1, 2))
+        >>> _ = ev.update_hidden(hidden, weight, np.array([0, 0]))
+        >>> r = ev.result()
+        >>> r.accuracy, r.topk, round(r.nll, 4) == round(fx.linear_cross_entropy(
+        ...     hidden, weight, np.array([0, 0])), 4)
+        (0.5, {1: 0.5, 2: 1.0}, True)
+        """
+        options = dict(temperature=temperature, softcap=softcap,
+                       ignore_index=self.ignore_index, chunk_size=chunk_size)
+        if hasattr(hidden, "detach"):  # a tensor
+            from ..torch import linear_token_stats as _torch_linear_token_stats
+            stats = _torch_linear_token_stats(hidden, weight, targets, bias, **options)
+        else:
+            stats = linear_token_stats(hidden, weight, targets, bias, backend=self.backend,
+                                       **options)
         self.add(stats, _host(targets), sequence_ids=sequence_ids)
         return stats
 

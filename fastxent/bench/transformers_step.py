@@ -1,0 +1,123 @@
+"""Time and peak memory of one training step and one evaluation of a Hugging Face causal LM,
+its own against patched by :func:`fastxent.transformers.patch` (docs/transformers.md).
+
+``python -m fastxent.bench.transformers_step [--vocab V ...] [--batch B] [--seq T]`` builds a
+small random Llama (``--hidden`` wide, two layers) for each vocabulary, and in a fresh process per
+case runs a warm-up, then measures the growth of the peak RSS over one call (the logits and their
+gradient show there) and the median time of ``--repeat`` more. Prints a Markdown table.
+
+- ``train``: ``model(input_ids, labels).loss.backward()`` (gradients set to None before each).
+- ``eval``: the same under ``torch.no_grad()`` (the loss alone, as an evaluation loop takes it).
+"""
+
+import argparse
+import gc
+import json
+import statistics
+import subprocess
+import sys
+import time
+
+from ..evaluation.peak_memory import peak_rss_bytes, reset_peak_rss
+
+CASES = [(mode, patched) for mode in ("train", "eval") for patched in (False, True)]
+
+
+def _model(vocab, hidden, seed):
+    import torch
+    import transformers
+
+    torch.manual_seed(seed)
+    config = transformers.LlamaConfig(vocab_size=vocab, hidden_size=hidden,
+                                      intermediate_size=2 * hidden, num_hidden_layers=2,
+                                      num_attention_heads=8, num_key_value_heads=8)
+    return transformers.LlamaForCausalLM(config).eval()
+
+
+def child(spec):
+    """In a fresh process: one case of ``spec`` → {"peak_rss_growth_bytes", "seconds"}."""
+    import torch
+
+    import fastxent.transformers as fxh
+
+    model = _model(spec["vocab"], spec["hidden"], spec["seed"])
+    if spec["patched"]:
+        fxh.patch(model)
+    g = torch.Generator().manual_seed(spec["seed"] + 1)
+    ids = torch.randint(0, spec["vocab"], (spec["batch"], spec["seq"]), generator=g)
+
+    def step():
+        if spec["mode"] == "eval":
+            with torch.no_grad():
+                return model(input_ids=ids, labels=ids).loss
+        model.zero_grad(set_to_none=True)
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        return loss
+
+    step()  # warm-up: Numba's cache, PyTorch's first calls
+    model.zero_grad(set_to_none=True)
+    gc.collect()
+    reset_peak_rss()
+    before = peak_rss_bytes()
+    step()
+    growth = peak_rss_bytes() - before
+    times = []
+    for _ in range(spec["repeat"]):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    return {"peak_rss_growth_bytes": growth, "seconds": statistics.median(times)}
+
+
+def measure(spec, timeout=1200):
+    """One case in a fresh process (nothing else counted in its peak)."""
+    run = subprocess.run([sys.executable, "-m", "fastxent.bench.transformers_step",
+                          "--_child", json.dumps(spec)], capture_output=True, text=True,
+                         timeout=timeout, check=True)
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def table(rows):
+    lines = ["| V | tokens | call | model's own: ms | MiB | patched: ms | MiB | time | memory |",
+             "|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
+    for (vocab, tokens, mode), own, fused in rows:
+        mib = [r["peak_rss_growth_bytes"] / 2**20 for r in (own, fused)]
+        ms = [r["seconds"] * 1e3 for r in (own, fused)]
+        lines.append(f"| {vocab} | {tokens} | {mode} | {ms[0]:.0f} | {mib[0]:.0f} | "
+                     f"{ms[1]:.0f} | {mib[1]:.0f} | {ms[1] / ms[0]:.2f}× | "
+                     f"{mib[1] / max(mib[0], 1e-9):.2f}× |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m fastxent.bench.transformers_step",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--vocab", type=int, nargs="+", default=[32000, 128256])
+    parser.add_argument("--hidden", type=int, default=512)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--seq", type=int, default=512)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--_child", dest="child", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        print(json.dumps(child(json.loads(args.child))))
+        return 0
+    rows = []
+    for vocab in args.vocab:
+        for mode in ("train", "eval"):
+            found = [measure(dict(vocab=vocab, hidden=args.hidden, batch=args.batch,
+                                  seq=args.seq, repeat=args.repeat, seed=args.seed,
+                                  mode=mode, patched=patched)) for patched in (False, True)]
+            rows.append(((vocab, args.batch * args.seq, mode), *found))
+            print(table(rows[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
+    print(f"Llama, hidden {args.hidden}, 2 layers, float32, batch {args.batch} × {args.seq} "
+          "tokens; peak-RSS growth over one call after a warm-up, median of "
+          f"{args.repeat} calls\n")
+    print(table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
