@@ -391,3 +391,42 @@ def test_eval_model_command(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["eval-model", str(tmp_path / "none"), str(text_file)])
     assert "error" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["llama", "gemma2", "cohere"])
+def test_logprobs_and_entropy_with_every_gradient(name):
+    """fastxent.transformers.logprobs against log_softmax of the model's own logits."""
+    model = _model(name)
+    batch = _batch()
+    ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
+    g = torch.Generator().manual_seed(9)
+    up = torch.randn(2, 3, 11, generator=g)
+
+    def own():
+        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float() / 0.8
+        logp = torch.log_softmax(logits, -1)
+        target = labels[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
+        counted = target != -100
+        lp = torch.where(counted, logp.gather(-1, target.clamp(min=0)[..., None])[..., 0], 0.0)
+        ent = torch.where(counted, -(logp.exp() * logp).sum(-1), 0.0)
+        return lp, ent
+
+    def fused():
+        return fxh.logprobs(model, ids, attention_mask=mask, labels=labels, temperature=0.8,
+                            return_entropy=True, chunk_size=5)
+
+    results = []
+    for f in (own, fused):
+        model.zero_grad(set_to_none=True)
+        lp, ent = f()
+        ((lp * up[0]).sum() + (ent * up[1]).sum()).backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results.append((lp.detach(), ent.detach(), grads))
+    (lp0, ent0, g0), (lp1, ent1, g1) = results
+    assert lp1.shape == (3, 11) and (lp1[0, :3] == 0).all()
+    torch.testing.assert_close(lp1, lp0, rtol=0, atol=2e-5)
+    torch.testing.assert_close(ent1, ent0, rtol=0, atol=2e-5)
+    assert g1.keys() == g0.keys()
+    for n, g in g0.items():
+        torch.testing.assert_close(g1[n], g, rtol=0, atol=5e-5 * (g.abs().max().item() + 1e-30),
+                                   msg=n)

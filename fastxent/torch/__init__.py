@@ -34,6 +34,7 @@ from ..losses import family as _api_family
 from . import composite as _torch_composite
 from .family import cross_entropy_from_probs, entropy, kl_divergence
 from .linear import LinearCrossEntropyLoss, linear_cross_entropy
+from .logprobs import linear_logprobs
 from .tokens import linear_token_stats
 from .support import (_arrays, _host, _keep_gradient, _loss_dtype, _no_double_backward, _returned,
                       _scaled, _tensor)
@@ -41,7 +42,7 @@ from .support import (_arrays, _host, _keep_gradient, _loss_dtype, _no_double_ba
 __all__ = ["BCELoss", "BCEWithLogitsLoss", "CrossEntropyLoss", "LinearCrossEntropyLoss",
            "binary_cross_entropy", "binary_cross_entropy_with_logits", "cross_entropy",
            "cross_entropy_from_probs", "entropy", "kl_divergence", "linear_cross_entropy",
-           "linear_token_stats"]
+           "linear_logprobs", "linear_token_stats"]
 
 def _call(fn, logits, targets, weight, loss_dtype, parts, **options):
     """``fn``, fastxent's cross-entropy (or its fused form, with ``options`` for it), on

@@ -8,6 +8,7 @@ Requires ``transformers`` (``pip install "fastxent[transformers]"``); see docs/t
 """
 
 from .evaluate import evaluate, windows
+from .logprobs import logprobs
 from .patch import is_patched, patch, patched, revert
 
-__all__ = ["evaluate", "is_patched", "patch", "patched", "revert", "windows"]
+__all__ = ["evaluate", "is_patched", "logprobs", "patch", "patched", "revert", "windows"]
