@@ -17,7 +17,7 @@ LAYERS = [
     ("fastxent.kernels",),
     ("fastxent.dispatch",),
     ("fastxent.losses",),
-    ("fastxent.evaluation", "fastxent.dask", "fastxent.torch"),
+    ("fastxent.evaluation", "fastxent.dask", "fastxent.torch", "fastxent.transformers"),
     ("fastxent",),  # the public API re-exports the layers below it
     ("fastxent.bench", "fastxent.cli", "fastxent.__main__"),
 ]

@@ -8,6 +8,9 @@ gradient show there) and the median time of ``--repeat`` more. Prints a Markdown
 
 - ``train``: ``model(input_ids, labels).loss.backward()`` (gradients set to None before each).
 - ``eval``: the same under ``torch.no_grad()`` (the loss alone, as an evaluation loop takes it).
+- ``rl``: each next token's log-probability and entropy, and the backward pass of their sum
+  (what a PPO or GRPO trainer asks of its policy): ``log_softmax`` of the model's logits
+  against :func:`fastxent.transformers.logprobs`.
 """
 
 import argparse
@@ -20,7 +23,7 @@ import time
 
 from ..evaluation.peak_memory import peak_rss_bytes, reset_peak_rss
 
-CASES = [(mode, patched) for mode in ("train", "eval") for patched in (False, True)]
+MODES = ("train", "eval", "rl")
 
 
 def _model(vocab, hidden, seed):
@@ -41,17 +44,27 @@ def child(spec):
     import fastxent.transformers as fxh
 
     model = _model(spec["vocab"], spec["hidden"], spec["seed"])
-    if spec["patched"]:
+    if spec["patched"] and spec["mode"] != "rl":
         fxh.patch(model)
     g = torch.Generator().manual_seed(spec["seed"] + 1)
     ids = torch.randint(0, spec["vocab"], (spec["batch"], spec["seq"]), generator=g)
+
+    def rl_objective():
+        if spec["patched"]:
+            logp, entropy = fxh.logprobs(model, ids, return_entropy=True)
+        else:  # as PPO trainers do it from the logits
+            logits = model(input_ids=ids).logits[:, :-1].float()
+            logits = torch.log_softmax(logits, -1)
+            logp = logits.gather(-1, ids[:, 1:, None])[..., 0]
+            entropy = -(logits.exp() * logits).sum(-1)
+        return logp.sum() + 0.01 * entropy.sum()
 
     def step():
         if spec["mode"] == "eval":
             with torch.no_grad():
                 return model(input_ids=ids, labels=ids).loss
         model.zero_grad(set_to_none=True)
-        loss = model(input_ids=ids, labels=ids).loss
+        loss = rl_objective() if spec["mode"] == "rl" else model(input_ids=ids, labels=ids).loss
         loss.backward()
         return loss
 
@@ -94,6 +107,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m fastxent.bench.transformers_step",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--vocab", type=int, nargs="+", default=[32000, 128256])
+    parser.add_argument("--modes", choices=MODES, nargs="+", default=list(MODES))
     parser.add_argument("--hidden", type=int, default=512)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--seq", type=int, default=512)
@@ -106,7 +120,7 @@ def main(argv=None):
         return 0
     rows = []
     for vocab in args.vocab:
-        for mode in ("train", "eval"):
+        for mode in args.modes:
             found = [measure(dict(vocab=vocab, hidden=args.hidden, batch=args.batch,
                                   seq=args.seq, repeat=args.repeat, seed=args.seed,
                                   mode=mode, patched=patched)) for patched in (False, True)]
