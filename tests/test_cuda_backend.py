@@ -502,6 +502,21 @@ def test_token_stats_of_device_arrays(rng):
         fx.token_stats(cuda.to_device(x), cuda.to_device(np.full((2, 3), V)))
 
 
+def test_token_partials_of_a_chunk(rng):
+    """The GPU's part of fastxent.torch.linear_token_stats: one chunk's partials, from device
+    logits and host class codes (-1: ignored)."""
+    from fastxent.core.partials import finish
+    from fastxent.dispatch import device
+
+    x = random_logits(rng, (4, V), F32)
+    codes = np.array([3, -1, 0, V - 1])
+    stats, ints = device.token_partials(cuda.to_device(x), codes)
+    got = finish(stats, ints, codes < 0)
+    want = fx.token_stats(x, np.where(codes < 0, -100, codes), backend="cpu")
+    for name, g, w in zip(want._fields, got, want):
+        np.testing.assert_allclose(g, w, rtol=2e-6, atol=2e-6, err_msg=name)
+
+
 # --- binary cross-entropy ------------------------------------------------------------------------
 
 

@@ -234,7 +234,8 @@ def test_bfloat16_model():
 
 
 def test_trainer_gives_the_same_loss_curve(tmp_path):
-    """20 steps of transformers.Trainer with gradient accumulation (num_items_in_batch)."""
+    """20 steps of transformers.Trainer with gradient accumulation (num_items_in_batch), then
+    its evaluation loss."""
     pytest.importorskip("accelerate")
     g = torch.Generator().manual_seed(3)
     rows = [{"input_ids": ids, "labels": ids} for ids in torch.randint(0, V, (80, 16),
@@ -249,12 +250,14 @@ def test_trainer_gives_the_same_loss_curve(tmp_path):
             gradient_accumulation_steps=2, max_steps=20, learning_rate=1e-3, logging_steps=1,
             report_to=[], save_strategy="no", use_cpu=True, seed=0, data_seed=0,
             dataloader_num_workers=0, disable_tqdm=True)
-        trainer = transformers.Trainer(model=model, args=args, train_dataset=rows)
+        trainer = transformers.Trainer(model=model, args=args, train_dataset=rows,
+                                       eval_dataset=rows[:8])
         trainer.train()
-        return [e["loss"] for e in trainer.state.log_history if "loss" in e]
+        losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+        return losses + [trainer.evaluate()["eval_loss"]]
 
     own, fused = curve(False), curve(True)
-    assert len(own) == 20
+    assert len(own) == 21
     assert fused == pytest.approx(own, rel=1e-4)
 
 
