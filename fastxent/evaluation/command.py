@@ -165,11 +165,18 @@ def run(args, parser):
     except (OSError, FileFormatError, ValueError, IndexError, zipfile.BadZipFile, zlib.error,
             EOFError, RuntimeError) as exc:  # RuntimeError: a backend not usable here
         parser.error(str(exc))
-    if args.json:
+    report(result, facts, args.json,
+           f"{facts['rows']:,} tokens × {facts['classes']:,} classes ({facts['dtype']}) in "
+           f"{facts['seconds']:.2f} s ({facts['gb_per_s']:.2f} GB/s), "
+           f"peak memory {facts['peak_rss_mib']:.0f} MiB")
+    return 0
+
+
+def report(result, facts, as_json, summary):
+    """The evaluation commands' output: the figures and ``facts`` as JSON, or the figures as a
+    table and the one-line ``summary`` of the run."""
+    if as_json:
         print(json.dumps(dict(result.as_dict(), **facts), indent=2))
     else:
         print(result)
-        print(f"\n{facts['rows']:,} tokens × {facts['classes']:,} classes ({facts['dtype']}) in "
-              f"{facts['seconds']:.2f} s ({facts['gb_per_s']:.2f} GB/s), "
-              f"peak memory {facts['peak_rss_mib']:.0f} MiB")
-    return 0
+        print(f"\n{summary}")

@@ -7,11 +7,10 @@ scored once (:func:`fastxent.transformers.windows`, :func:`fastxent.transformers
 report is that of ``fastxent eval``: summary on stdout, progress on stderr.
 """
 
-import json
 import sys
 import time
 
-from .command import _topk
+from .command import _topk, report
 from .peak_memory import peak_rss_bytes
 
 
@@ -86,13 +85,10 @@ def run(args, parser):
         result, facts = evaluate(args)
     except (OSError, ValueError, TypeError, NotImplementedError, RuntimeError) as exc:
         parser.error(str(exc))
-    if args.json:
-        print(json.dumps(dict(result.as_dict(), **facts), indent=2))
-    else:
-        print(result)
-        print(f"\n{facts['model']}, {facts['vocab']:,} classes ({facts['dtype']}, "
-              f"{facts['device']}): {facts['text_tokens']:,} tokens in {facts['windows']} "
-              f"windows of {facts['max_length']} (stride {facts['stride']}), "
-              f"{facts['seconds']:.2f} s ({facts['tokens_per_s']:,.0f} tokens/s), "
-              f"peak memory {facts['peak_rss_mib']:.0f} MiB")
+    report(result, facts, args.json,
+           f"{facts['model']}, {facts['vocab']:,} classes ({facts['dtype']}, {facts['device']}): "
+           f"{facts['text_tokens']:,} tokens in {facts['windows']} windows of "
+           f"{facts['max_length']} (stride {facts['stride']}), {facts['seconds']:.2f} s "
+           f"({facts['tokens_per_s']:,.0f} tokens/s), peak memory "
+           f"{facts['peak_rss_mib']:.0f} MiB")
     return 0
