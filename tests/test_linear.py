@@ -319,8 +319,10 @@ def test_class_kernels_match_their_twins(n, v, dtype, weighted, softcap, seed):
     cpu.class_grad(got_g, t, w, softcap, partials, coef, 1.5 * v, terms)
     twin.class_grad(want_g, t, w, softcap, partials, coef, 1.5 * v, terms)
     tol = 1e-12 if dtype == "float64" else (2e-6 if dtype == "float32" else 1e-2)
-    np.testing.assert_allclose(decode(got_g), decode(want_g), rtol=tol,
-                               atol=tol * np.abs(decode(want_g)).max())
+    # the gradient is a difference of terms up to the coefficients' size, which can cancel
+    # (one class: 0.5 - 0.498), so the rounding is that of the terms, not of the difference
+    scale = max(np.abs(decode(want_g)).max(), coef.max())
+    np.testing.assert_allclose(decode(got_g), decode(want_g), rtol=tol, atol=tol * scale)
 
 
 def test_leading_dimensions_and_no_bias(rng):

@@ -199,7 +199,7 @@ class _Shifted(transformers.LlamaForCausalLM):
         hidden_states = self.model(input_ids=input_ids, **kwargs).last_hidden_state
         logits = self.lm_head(hidden_states)
         logits = logits + 1.0
-        loss = None
+        loss = self.loss_function(logits, labels, self.config.vocab_size)
         return transformers.modeling_outputs.CausalLMOutputWithPast(loss=loss, logits=logits)
 
 
@@ -350,11 +350,13 @@ def test_windows_as_the_perplexity_guide():
     got = fxh.evaluate(model, fxh.windows(ids, 16, 6))
     assert got.tokens == n == 44  # every token but the first, once
     assert got.nll == pytest.approx(want, rel=2e-6)
-    assert [w["input_ids"].shape[1] for w in fxh.windows(ids, 16, 16)] == [16, 16, 13]
-    with pytest.raises(ValueError, match="stride"):
-        next(fxh.windows(ids, 4, 5))
+    assert [w["input_ids"].shape[1] for w in fxh.windows(ids, 16, 15)] == [16, 16, 15]
+    with pytest.raises(ValueError, match="stride=16 must be less than max_length"):
+        fxh.windows(ids, 16, 16)  # (the first token of each window would not be scored)
     with pytest.raises(ValueError, match="max_length"):
-        next(fxh.windows(ids, 1, 1))
+        fxh.windows(ids, 1, 1)
+    with pytest.raises(ValueError, match="at least two"):
+        fxh.windows(ids[:, :1], 4, 2)
 
 
 def _saved_model(tmp_path):
@@ -433,3 +435,103 @@ def test_logprobs_and_entropy_with_every_gradient(name):
     for n, g in g0.items():
         torch.testing.assert_close(g1[n], g, rtol=0, atol=5e-5 * (g.abs().max().item() + 1e-30),
                                    msg=n)
+
+
+# what the review of the patch found: autocast, other ways of changing the logits, outputs
+
+def test_autocast_as_the_models_own():
+    """A float32 model under bfloat16 autocast (Trainer(bf16=True)): the head's product in
+    bfloat16 as F.linear's, the loss in float32."""
+    model = _model("llama")
+    inputs = _batch()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        own = _loss_and_grads(model, **inputs)
+        fused = _loss_and_grads(fxh.patch(model), **inputs)
+    assert fused[0].dtype == torch.float32
+    torch.testing.assert_close(fused[0], own[0], rtol=1e-2, atol=0)
+    for name, g in own[1].items():
+        assert fused[1][name].dtype == torch.float32
+        torch.testing.assert_close(fused[1][name], g, rtol=0,
+                                   atol=0.05 * g.abs().max().item(), msg=name)
+
+
+def test_outputs_as_the_models_own():
+    model = _model("mixtral")
+    inputs = _batch()
+    fused_model = fxh.patch(copy.deepcopy(model))
+    own, fused = model(**inputs), fused_model(**inputs)
+    assert list(fused.keys())[0] == "loss" and fused[0] is fused.loss
+    assert fused.to_tuple()[0] is fused.loss and "logits" not in fused.keys()
+    torch.testing.assert_close(fused.loss, own.loss, rtol=2e-6, atol=0)
+    # return_dict=False: a tuple, the loss first, the auxiliary loss still in it
+    own_t = model(**inputs, return_dict=False)
+    fused_t = fused_model(**inputs, return_dict=False)
+    assert isinstance(fused_t, tuple)
+    torch.testing.assert_close(fused_t[0], own_t[0], rtol=2e-6, atol=0)
+
+
+def test_a_pickled_model_stays_patched(tmp_path):
+    model = fxh.patch(_model("llama"))
+    torch.save(model, tmp_path / "m.pt")
+    loaded = torch.load(tmp_path / "m.pt", weights_only=False)
+    assert fxh.is_patched(loaded)
+    out = loaded(**_batch())
+    assert out.logits is None
+    torch.testing.assert_close(out.loss, model(**_batch()).loss)
+
+
+class _OnTheHeadLine(transformers.LlamaForCausalLM):
+    def forward(self, input_ids=None, labels=None, **kwargs):
+        hidden_states = self.model(input_ids=input_ids, **kwargs).last_hidden_state
+        logits = self.lm_head(hidden_states) * 2.0
+        loss = self.loss_function(logits, labels, self.config.vocab_size)
+        return transformers.modeling_outputs.CausalLMOutputWithPast(loss=loss, logits=logits)
+
+
+class _SliceAssigned(transformers.LlamaForCausalLM):
+    def forward(self, input_ids=None, labels=None, **kwargs):
+        hidden_states = self.model(input_ids=input_ids, **kwargs).last_hidden_state
+        lm_logits = self.lm_head(hidden_states)
+        lm_logits[:, :, :4] = -1e4
+        loss = self.loss_function(lm_logits, labels, self.config.vocab_size)
+        return transformers.modeling_outputs.CausalLMOutputWithPast(loss=loss, logits=lm_logits)
+
+
+def _without_source(cls):
+    """A family whose forward has no readable source and changes its logits: what the first
+    call's check of the logits catches."""
+    namespace = {}
+    exec("def forward(self, input_ids=None, labels=None, return_dict=None, **kwargs):\n"
+         "    h = self.model(input_ids=input_ids, **kwargs).last_hidden_state\n"
+         "    logits = self.lm_head(h) + 0.5\n"
+         "    return transformers.modeling_outputs.CausalLMOutputWithPast(logits=logits)\n",
+         {"transformers": transformers}, namespace)
+    return type("NoSource", (cls,), {"forward": namespace["forward"]})
+
+
+def test_changes_of_the_logits_it_cannot_see_are_refused():
+    config = _llama().config
+    with pytest.raises(NotImplementedError, match=r"\* 2\.0"):
+        fxh.patch(_OnTheHeadLine(config))
+    with pytest.raises(NotImplementedError, match=r"lm_logits\[:, :, :4\] = -1e4"):
+        fxh.patch(_SliceAssigned(config))
+    model = fxh.patch(_without_source(transformers.LlamaForCausalLM)(config))
+    with pytest.raises(NotImplementedError, match="logits are not those of its output layer"):
+        model(**_batch())
+    with pytest.raises(NotImplementedError, match="logits are not those"):
+        fxh.evaluate(model, [_batch()["input_ids"]])
+    with pytest.raises(NotImplementedError, match="logits are not those"):
+        fxh.logprobs(model, _batch()["input_ids"])
+
+
+def test_losses_of_their_own_and_encoder_decoders_are_refused():
+    def bart():  # (BartForCausalLM changes the configuration it is given)
+        return transformers.BartConfig(vocab_size=V, d_model=16, encoder_layers=1,
+                                       decoder_layers=1, encoder_attention_heads=2,
+                                       decoder_attention_heads=2, encoder_ffn_dim=32,
+                                       decoder_ffn_dim=32)
+
+    with pytest.raises(NotImplementedError, match="its forward's own"):
+        fxh.patch(transformers.BartForCausalLM(bart()))  # an unshifted cross-entropy
+    with pytest.raises(NotImplementedError, match="encoder-decoder"):
+        fxh.patch(transformers.BartForConditionalGeneration(bart()))

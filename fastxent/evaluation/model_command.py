@@ -64,8 +64,8 @@ def evaluate(args):
         text = f.read()
     ids = tokenizer(text, return_tensors="pt").input_ids.reshape(-1).to(device)
     limit = getattr(fxh.head.text_config(model), "max_position_embeddings", None) or 1024
-    max_length = args.max_length or min(int(limit), 1024)
-    stride = args.stride or max(1, max_length // 2)
+    max_length = min(int(limit), 1024) if args.max_length is None else args.max_length
+    stride = max(1, max_length // 2) if args.stride is None else args.stride
     windows = list(fxh.windows(ids, max_length, stride))
     show = args.progress == "always" or (args.progress == "auto" and sys.stderr.isatty())
     start = time.perf_counter()
@@ -83,7 +83,8 @@ def evaluate(args):
 def run(args, parser):
     try:
         result, facts = evaluate(args)
-    except (OSError, ValueError, TypeError, NotImplementedError, RuntimeError) as exc:
+    except (OSError, ValueError, TypeError, IndexError, NotImplementedError,
+            RuntimeError) as exc:
         parser.error(str(exc))
     report(result, facts, args.json,
            f"{facts['model']}, {facts['vocab']:,} classes ({facts['dtype']}, {facts['device']}): "

@@ -20,7 +20,8 @@ from ..dispatch import device as _device
 from ..kernels.host import z_part
 from ..losses import linear as _linear
 from . import composite as _torch_composite
-from .support import _host, _loss_dtype, _no_double_backward, _returned, _scaled
+from .support import (_as_autocast, _host, _loss_dtype, _no_double_backward, _returned, _scaled,
+                      _without_autocast)
 
 
 class _TorchOps:
@@ -209,6 +210,7 @@ def _none_like(t):
 
 
 @torch.library.custom_op("fastxent::linear_cross_entropy", mutates_args=())
+@_without_autocast
 def _linear_op(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor,
                bias: Optional[torch.Tensor], ce_weight: Optional[torch.Tensor], reduction: str,
                ignore_index: int, label_smoothing: float, z_loss: float,
@@ -269,6 +271,7 @@ def _linear_fake(hidden, weight, target, bias, ce_weight, reduction, ignore_inde
 
 
 @torch.library.custom_op("fastxent::linear_cross_entropy_backward", mutates_args=())
+@_without_autocast
 def _linear_backward_op(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor,
                         bias: Optional[torch.Tensor], ce_weight: Optional[torch.Tensor],
                         reduction: str, ignore_index: int, label_smoothing: float, z_loss: float,
@@ -497,6 +500,9 @@ def linear_cross_entropy(hidden, weight, target, bias=None, *, reduction="mean",
 
     Notes
     -----
+    Under ``torch.autocast`` the products run in autocast's dtype, as ``F.linear``'s would, and
+    the loss comes back in the inputs' dtype (``F.cross_entropy`` is autocast to float32).
+
     By default the weight's gradient is accumulated chunk by chunk in the weight's dtype, as
     Liger-Kernel does: for bfloat16 it is rounded once per chunk instead of once, and its error
     grows with the number of chunks (``accum_dtype=torch.float32`` avoids that).
@@ -530,6 +536,12 @@ def linear_cross_entropy(hidden, weight, target, bias=None, *, reduction="mean",
     options = (_checks.ignore_index(ignore_index),) + tuple(_linear.checked_options(
         label_smoothing, z_loss, softcap).values())
     s = _checks.shift(shift, tuple(hidden.shape), "hidden")
+    # under autocast: the products in its dtype, as F.linear's (the loss keeps the dtype of
+    # the inputs, float32, as autocast gives F.cross_entropy's)
+    original = hidden.dtype
+    hidden, weight, bias = _as_autocast(hidden, weight, bias)
+    if dtype is None and hidden.dtype != original:
+        dtype = original
     grad = torch.is_grad_enabled()
     # the gradients with the loss (scaled in backward), unless a per-row upstream gradient
     # must enter them (reduction="none") or the targets' own is asked for

@@ -21,6 +21,7 @@ from ..losses import linear as _linear
 from ..losses import linear_tokens as _linear_tokens
 from . import composite as _composite
 from .linear import _check, _TorchOps
+from .support import _as_autocast, _without_autocast
 from .tokens import _partials
 
 
@@ -44,6 +45,7 @@ def _prepared(hidden, weight, target, bias, ignore_index, chunk_size):
 
 
 @torch.library.custom_op("fastxent::linear_logprobs", mutates_args=())
+@_without_autocast
 def _logprobs_op(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor,
                  bias: Optional[torch.Tensor], softcap: Optional[float], ignore_index: int,
                  chunk_size: Optional[int]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -67,6 +69,7 @@ def _logprobs_fake(hidden, weight, target, bias, softcap, ignore_index, chunk_si
 
 
 @torch.library.custom_op("fastxent::linear_logprobs_backward", mutates_args=())
+@_without_autocast
 def _backward_op(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor,
                  bias: Optional[torch.Tensor], softcap: Optional[float], ignore_index: int,
                  chunk_size: Optional[int], lse: torch.Tensor, entropy: torch.Tensor,
@@ -173,7 +176,8 @@ def linear_logprobs(hidden, weight, targets, bias=None, *, temperature=1.0, soft
     -------
     Tensor or (Tensor, Tensor)
         ``logprobs``, or ``(logprobs, entropy)``, of the targets' shape: float64 for float64
-        inputs, float32 for the others.
+        inputs, float32 for the others. Under ``torch.autocast`` the products run in its
+        dtype, as ``F.linear``'s would.
 
     Notes
     -----
@@ -203,6 +207,7 @@ def linear_logprobs(hidden, weight, targets, bias=None, *, temperature=1.0, soft
     cap = _checks.row_options(0.0, 0.0, softcap)[2]
     ignore = _checks.ignore_index(ignore_index)
     _linear_tokens.checked(temperature, cap, chunk_size)
+    hidden, weight, bias = _as_autocast(hidden, weight, bias)  # as F.linear under autocast
     if temperature != 1.0:  # cap_c(x)/T = cap_{c/T}(x/T), and x/T = (h/T)·Wᵀ + b/T
         hidden = hidden / temperature
         bias = None if bias is None else bias / temperature

@@ -1,6 +1,7 @@
 """What ``fastxent.torch``'s modules share: tensors to fastxent's arrays and back, and the
 autograd of custom operators that return their gradient with their value."""
 
+import functools
 import numbers
 
 import numpy as np
@@ -9,6 +10,32 @@ import torch
 from ..core import dtypes as _dtypes
 from ..dispatch import checks as _checks
 from ..dispatch.arrays import torch_bfloat16_host
+
+
+def _without_autocast(op):
+    """An operator's implementation run with autocast off on its first argument's device: its
+    products and temporaries keep the dtypes it chose (:func:`_as_autocast` casts its inputs as
+    autocast would)."""
+
+    @functools.wraps(op)
+    def run(first, *args, **kwargs):
+        with torch.autocast(first.device.type, enabled=False):
+            return op(first, *args, **kwargs)
+
+    return run
+
+
+def _as_autocast(*tensors):
+    """The inputs of a fused linear layer as autocast would give them to ``F.linear``: float32
+    (and half-precision of the other kind) cast to autocast's dtype where autocast is on for
+    their device; as they are otherwise (and None as None). Differentiable casts."""
+    first = next(t for t in tensors if t is not None)
+    kind = first.device.type
+    if not torch.is_autocast_enabled(kind):
+        return tensors
+    dtype = torch.get_autocast_dtype(kind)
+    eligible = (torch.float32, torch.float16, torch.bfloat16)
+    return tuple(t.to(dtype) if t is not None and t.dtype in eligible else t for t in tensors)
 
 
 def _host(t):

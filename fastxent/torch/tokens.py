@@ -10,7 +10,7 @@ from ..dispatch import device as _device
 from ..losses import linear_tokens as _linear_tokens
 from ..losses.tokens import TokenStats
 from .linear import _check, _TorchOps
-from .support import _host
+from .support import _as_autocast, _host
 
 
 def _partials(cuda):
@@ -63,7 +63,8 @@ def linear_token_stats(hidden, weight, targets, bias=None, *, temperature=1.0, s
     cuda = hidden.is_cuda
     rows = _linear_tokens.rows_per_chunk(chunk_size, int(np.count_nonzero(t >= 0)), v,
                                          hidden.element_size(), "cuda" if cuda else "cpu")
-    with torch.no_grad():
+    hidden, weight, bias = _as_autocast(hidden, weight, bias)  # as F.linear under autocast
+    with torch.no_grad(), torch.autocast(hidden.device.type, enabled=False):
         h = hidden.detach().reshape(-1, hdim).contiguous()
         b = None if bias is None else bias.detach().contiguous()
         stats = _linear_tokens.run(_TorchOps(hidden.device), h, weight.detach().contiguous(), b,

@@ -93,12 +93,14 @@ def evaluate(model, batches, *, topk=(1, 5, 10), temperature=1.0, chunk_size=Non
     if progress:
         from tqdm.auto import tqdm
         batches = tqdm(batches, total=total, desc="eval", unit="batch")
-    for batch in batches:
+    for i, batch in enumerate(batches):
         inputs, labels, shift_labels = _inputs(batch)
         with torch.no_grad():
-            _, hidden = _patch.without_logits(model, model, **inputs)
-            target = _patch.shifted(labels, shift_labels, _patch.IGNORE_INDEX)
             head = transforms.head(model)
+            # the first batch checks the model's logits of one position against the head's
+            _, hidden = _patch.without_logits(model, model, check=head if i == 0 else None,
+                                              **inputs)
+            target = _patch.shifted(labels, shift_labels, _patch.IGNORE_INDEX)
             h, bias = head.inputs(hidden)
             ev.update_hidden(h, head.weight, target.to(h.device), bias,
                              temperature=temperature, softcap=head.softcap,
@@ -109,11 +111,12 @@ def evaluate(model, batches, *, topk=(1, 5, 10), temperature=1.0, chunk_size=Non
 def windows(input_ids, max_length, stride):
     """Sliding windows over one sequence of token ids, as the ``transformers`` perplexity
     guide takes them: windows of at most ``max_length`` tokens, starting every ``stride``
-    tokens, whose labels score only the tokens no earlier window scored (the others -100).
+    tokens (``stride < max_length``), whose labels score only the tokens no earlier window
+    scored (the others -100): every token but the first, once.
 
-    Yields
-    ------
-    dict
+    Returns
+    -------
+    iterator of dict
         ``{"input_ids": (1, L), "labels": (1, L)}`` tensors, for :func:`evaluate`.
 
     Examples
@@ -126,10 +129,17 @@ def windows(input_ids, max_length, stride):
     for name, value, low in (("max_length", max_length, 2), ("stride", stride, 1)):
         if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < low:
             raise ValueError(f"{name}={value!r} must be an integer >= {low}")
-    if stride > max_length:
-        raise ValueError(f"stride={stride} must be at most max_length={max_length} (a token "
-                         "between two windows would not be scored)")
+    if stride >= max_length:
+        raise ValueError(f"stride={stride} must be less than max_length={max_length}: each "
+                         "window starts with a token of the one before, the context of its "
+                         "first scored token (otherwise that token is never scored)")
     n = ids.numel()
+    if n < 2:
+        raise ValueError(f"{n} token(s): scoring needs at least two (the first has no context)")
+    return _windows(ids, n, max_length, stride)  # (checked now, not at the first window)
+
+
+def _windows(ids, n, max_length, stride):
     done = 0  # tokens scored so far
     for begin in range(0, max(n, 1), stride):
         end = min(begin + max_length, n)

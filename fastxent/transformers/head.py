@@ -21,7 +21,6 @@ _SOFTCAP = re.compile(r"tanh\(logits\b|final_logit_softcapping|logits_soft_cap")
 _CAST = re.compile(r"logits\s*=\s*logits\.(float\(\)|contiguous\(\))\s*$")
 _SCALE = re.compile(r"logits\s*=\s*logits\s*\*\s*self\.logit_scale\b")
 _DIVIDE = re.compile(r"logits\s*=\s*logits\s*/\s*self\.config\.logits_scaling\b")
-_ASSIGN = re.compile(r"^\s*logits\s*(=|\*=|/=|\+=|-=)")
 
 
 class Head(NamedTuple):
@@ -35,10 +34,21 @@ class Head(NamedTuple):
     def inputs(self, hidden):
         """``(hidden, bias)`` with the scale folded in: ``s·(h·Wᵀ + b) = (s·h)·Wᵀ + s·b``, in
         the weight's dtype (an O(N·H) product, not one of the logits' size)."""
+        if self.weight.device.type == "meta":
+            raise NotImplementedError("the output layer's weight is on the meta device (offloaded "
+                                      "or sharded): fastxent.transformers needs it in memory")
+        hidden = hidden.to(self.weight.device)
         if self.scale == 1.0:
             return hidden.to(self.weight.dtype), self.bias
         bias = None if self.bias is None else self.bias * self.scale
         return (hidden * self.scale).to(self.weight.dtype), bias
+
+    def logits(self, hidden):
+        """The logits of a few hidden states, float32 (what :func:`check_logits` compares)."""
+        h, bias = self.inputs(hidden)
+        x = torch.nn.functional.linear(h.float(), self.weight.float(),
+                                       None if bias is None else bias.float())
+        return x if self.softcap is None else self.softcap * torch.tanh(x / self.softcap)
 
 
 class Transforms(NamedTuple):
@@ -79,25 +89,54 @@ def check_head(model):
     return layer
 
 
-def _head_lines(model, layer):
-    """The lines of ``type(model).forward`` after the head's call, up to the loss; None where the
-    source cannot be read."""
+def forward_source(model):
+    """The source of ``type(model).forward``, or None where it cannot be read."""
     try:
-        source = inspect.getsource(type(model).forward)
+        return inspect.getsource(type(model).forward)
     except (OSError, TypeError):
         return None
+
+
+def _head_call(lines, start, call):
+    """(the text after the head's call on the line where the call closes, the index of the next
+    line): the call may span lines."""
+    line = lines[start]
+    pos, depth, i = line.index(call) + len(call), 1, start
+    while True:
+        while pos < len(line) and depth:
+            depth += {"(": 1, ")": -1}.get(line[pos], 0)
+            pos += 1
+        if not depth or i + 1 >= len(lines):
+            return line[pos:].split("#")[0].strip(), i + 1
+        i, line, pos = i + 1, lines[i + 1], 0
+
+
+def _head_lines(source, model, layer):
+    """(the name the logits get, what follows the head's call on its line, the lines after it
+    up to the loss) in ``source``; None where the head's call is not found."""
     names = [n for n, m in model.named_children() if m is layer]
-    calls = [f"self.{n}(" for n in names]
     lines = source.splitlines()
-    start = next((i for i, line in enumerate(lines) if any(c in line for c in calls)), None)
-    if start is None:
-        return None
-    after = []
-    for line in lines[start + 1:]:
-        if re.search(r"\bloss\b", line):
+    for start, line in enumerate(lines):
+        call = next((f"self.{n}(" for n in names if f"self.{n}(" in line), None)
+        if call is not None:
             break
-        after.append(line.strip())
-    return after
+    else:
+        return None
+    target = re.match(r"\s*(\w+)\s*=", line)
+    rest, nxt = _head_call(lines, start, call)
+    after = []
+    for text in lines[nxt:]:
+        if re.search(r"\bloss\b", text):
+            break
+        after.append(text.split("#")[0].strip())
+    return (target.group(1) if target else None), rest, after
+
+
+def _changes(var, line):
+    """Whether ``line`` changes ``var``: assigns it (or a slice of it), or calls an in-place
+    method on it."""
+    return bool(re.match(rf"{var}\b\s*(\[.*\])?\s*([-+*/]?=)(?!=)", line)
+                or re.search(rf"\b{var}\.\w+_\(", line))
 
 
 def _positive(value, name, model):
@@ -108,34 +147,73 @@ def _positive(value, name, model):
     return value
 
 
+def _refuse(model, line):
+    raise NotImplementedError(
+        f"{_name(model)}.forward changes its logits after the head with {line!r}, which "
+        "fastxent.transformers does not know how to fuse; known are a final soft-cap "
+        "(final_logit_softcapping), logit_scale and logits_scaling")
+
+
 def read_transforms(model):
-    """The :class:`Transforms` of ``model``'s ``forward``, checked: a line that changes the
-    logits after the head in a way this module does not know raises ``NotImplementedError``."""
+    """The :class:`Transforms` of ``model``'s ``forward``, checked: a change of the logits after
+    the head that this module does not know raises ``NotImplementedError``, quoting the line.
+    Where the source cannot be read, the configuration says (and :func:`check_logits` checks
+    the first call)."""
     layer = check_head(model)
     config = text_config(model)
-    scale, softcap = 1.0, None
-    lines = _head_lines(model, layer)
-    known = lines is not None
-    for line in lines or ():
-        if not _ASSIGN.match(line):
-            continue
-        if _SOFTCAP.search(line) or _CAST.search(line):
-            continue  # the soft-cap's lines: the value comes from the configuration below
-        if _SCALE.search(line):
-            scale *= _positive(getattr(model, "logit_scale"), "logit_scale", model)
-        elif _DIVIDE.search(line):
-            scale /= _positive(config.logits_scaling, "config.logits_scaling", model)
-        else:
-            raise NotImplementedError(
-                f"{_name(model)}.forward changes its logits after the head with {line!r}, which "
-                "fastxent.transformers does not know how to fuse; known are a final soft-cap "
-                "(final_logit_softcapping), logit_scale and logits_scaling")
-    if not known:  # no source: what the configuration says
-        scale *= float(getattr(model, "logit_scale", 1.0) or 1.0)
-        scale /= float(getattr(config, "logits_scaling", 1.0) or 1.0)
-    cap = getattr(config, "final_logit_softcapping", None)
-    if cap is None:
-        cap = getattr(config, "logits_soft_cap", None)
-    if cap is not None:
-        softcap = _positive(cap, "final logit soft-cap", model)
-    return Transforms(scale, softcap)
+    scale = 1.0
+    source = forward_source(model)
+    found = None if source is None else _head_lines(source, model, layer)
+    if found is None:  # no source: what the configuration says
+        scale *= float(getattr(model, "logit_scale", None) or 1.0)
+        scale /= float(getattr(config, "logits_scaling", None) or 1.0)
+        capped = True
+    else:
+        var, rest, lines = found
+        if rest and not re.fullmatch(r"(\.(float|contiguous)\(\))*", rest):
+            _refuse(model, rest)
+        capped = False
+        for line in lines:
+            if var is None or not _changes(var, line):
+                continue
+            if _SOFTCAP.search(line):
+                capped = True  # the soft-cap's lines: its value from the configuration
+            elif _CAST.search(line):
+                continue
+            elif _SCALE.search(line):
+                scale *= _positive(getattr(model, "logit_scale", None) or 1.0, "logit_scale",
+                                   model)
+            elif _DIVIDE.search(line):
+                scale /= _positive(config.logits_scaling, "config.logits_scaling", model)
+            else:
+                _refuse(model, line)
+    cap = None
+    if capped:
+        cap = getattr(config, "final_logit_softcapping", None)
+        if cap is None:
+            cap = getattr(config, "logits_soft_cap", None)
+    return Transforms(scale, None if cap is None else _positive(cap, "final logit soft-cap",
+                                                                  model))
+
+
+def check_logits(model, head, hidden, logits):
+    """Raise ``NotImplementedError`` unless the model's own ``logits`` of the hidden states
+    ``hidden`` (a few positions) are those of ``head``, to the rounding of the model's dtype:
+    what catches a change of the logits that the source did not show."""
+    kind = head.weight.device.type
+    half = head.weight.dtype in (torch.bfloat16, torch.float16) or torch.is_autocast_enabled(kind)
+    with torch.no_grad(), torch.autocast(kind, enabled=False):
+        _check_logits(model, head, hidden, logits, half)
+
+
+def _check_logits(model, head, hidden, logits, half):
+    want = head.logits(hidden)
+    got = logits.to(want.device, torch.float32)
+    largest = float(want.abs().nan_to_num(0.0, posinf=0.0).amax()) if want.numel() else 0.0
+    tol = (2e-2 if half else 1e-4) * (1.0 + largest)
+    if got.shape != want.shape or not torch.isclose(got, want, rtol=0.0, atol=tol,
+                                                    equal_nan=True).all():
+        raise NotImplementedError(
+            f"{_name(model)}'s logits are not those of its output layer as "
+            "fastxent.transformers computes them (hidden @ weight.T + bias, then the family's "
+            "soft-cap and scale): its forward changes them in a way this module cannot fuse")

@@ -54,8 +54,8 @@ def logprobs(model, input_ids, *, attention_mask=None, labels=None, temperature=
     if attention_mask is not None:
         scored = scored.masked_fill(attention_mask == 0, _patch.IGNORE_INDEX)
         inputs["attention_mask"] = attention_mask
-    _, hidden = _patch.without_logits(model, model, input_ids=input_ids, **inputs)
     head = transforms.head(model)
+    _, hidden = _patch.without_logits(model, model, check=head, input_ids=input_ids, **inputs)
     h, bias = head.inputs(hidden[:, :-1])
     return linear_logprobs(h, head.weight, scored[:, 1:].to(h.device), bias,
                            temperature=temperature, softcap=head.softcap,

@@ -14,9 +14,7 @@ own ``forward`` runs unchanged (``generate``).
 """
 
 import contextlib
-import functools
 import inspect
-import types
 from typing import NamedTuple, Optional
 
 import torch
@@ -37,6 +35,8 @@ class _Patch(NamedTuple):
     accum_dtype: Optional[torch.dtype]
     #: the instance's own ``forward`` before the patch (None: the class's)
     previous: object
+    #: [whether a call has checked the model's logits against the head's]
+    checked: list
 
 
 def _name(model):
@@ -45,19 +45,29 @@ def _name(model):
 
 def _check_model(model):
     """A causal LM this module can fuse: a ``torch.nn.Module`` whose ``forward`` takes
-    ``labels`` and whose loss is ``ForCausalLMLoss`` (the shifted cross-entropy)."""
+    ``labels`` and computes its loss with ``self.loss_function``, which is ``ForCausalLMLoss``
+    (the shifted cross-entropy); not an encoder-decoder."""
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"fastxent.transformers.patch takes a transformers model (a "
                         f"torch.nn.Module), not {type(model).__name__}")
     if "labels" not in inspect.signature(type(model).forward).parameters:
         raise TypeError(f"{_name(model)}.forward takes no labels: fastxent.transformers fuses "
                         "the loss of a causal language model (a *ForCausalLM)")
+    if getattr(getattr(model, "config", None), "is_encoder_decoder", False):
+        raise NotImplementedError(f"{_name(model)} is an encoder-decoder model: "
+                                  "fastxent.transformers fuses causal language models only")
     loss = getattr(model, "loss_function", None)
-    if getattr(loss, "__name__", None) != "ForCausalLMLoss":
-        raise NotImplementedError(
-            f"{_name(model)} computes its loss with {getattr(loss, '__name__', loss)!r}, not "
-            "transformers' ForCausalLMLoss: fastxent.transformers fuses the shifted "
-            "cross-entropy of causal language models only")
+    source = _head.forward_source(model)
+    if source is not None and "self.loss_function(" not in source:
+        what = "its forward's own"
+    elif getattr(loss, "__name__", None) != "ForCausalLMLoss":
+        what = repr(getattr(loss, "__name__", loss))
+    else:
+        return
+    raise NotImplementedError(
+        f"{_name(model)} computes its loss with {what}, not with transformers' ForCausalLMLoss "
+        "(self.loss_function): fastxent.transformers fuses the shifted cross-entropy of causal "
+        "language models only")
 
 
 def patch(model, *, chunk_size=None, accum_dtype=None):
@@ -115,21 +125,25 @@ def patch(model, *, chunk_size=None, accum_dtype=None):
     _torch_linear._accum_dtype(accum_dtype, weight.dtype)
     state = model.__dict__.get("_fastxent_patch")
     previous = state.previous if state is not None else model.__dict__.get("forward")
-    model._fastxent_patch = _Patch(transforms, chunk_size, accum_dtype, previous)
-    model.forward = types.MethodType(_forward_of(type(model)), model)
+    model._fastxent_patch = _Patch(transforms, chunk_size, accum_dtype, previous, [False])
+    model.forward = _FusedForward(model)
     return model
 
 
-def _forward_of(cls):
-    """The patched ``forward``, with ``cls.forward``'s name and signature (which
-    ``transformers.Trainer`` reads to know the columns to keep); bound to a model, and bound
-    to its copy by ``copy.deepcopy``."""
+class _FusedForward:
+    """The patched ``forward`` of one model: an object (not a bound function) so that
+    ``copy.deepcopy`` and pickling carry it with the model, with the class's ``forward``
+    signature (which ``transformers.Trainer`` reads to know the columns to keep)."""
 
-    @functools.wraps(cls.forward)
-    def forward(model, *args, **kwargs):
-        return _fused_forward(model, *args, **kwargs)
+    def __init__(self, model):
+        self.model = model
 
-    return forward
+    @property
+    def __signature__(self):
+        return inspect.signature(type(self.model).forward.__get__(self.model))
+
+    def __call__(self, *args, **kwargs):
+        return _fused_forward(self.model, *args, **kwargs)
 
 
 def revert(model):
@@ -188,36 +202,54 @@ def _fused_forward(model, *args, **kwargs):
         return own(*args, **kwargs)
     extra = {k: v for k, v in call.arguments.items() if k != "labels"}
     loss_kwargs = dict(extra.pop(_var_keyword(own), None) or {})
-    out, hidden = without_logits(model, own, **extra, **loss_kwargs)
-    loss = causal_lm_loss(state.transforms.head(model), hidden, labels, state, **loss_kwargs)
-    aux = getattr(out, "aux_loss", None) if not isinstance(out, tuple) else None
-    if aux is not None and hasattr(model, "router_aux_loss_coef"):
-        loss = loss + model.router_aux_loss_coef * aux.to(loss.device)
-    if isinstance(out, tuple):  # return_dict=False: as transformers' to_tuple without logits
-        return (loss,) + tuple(out[1:])
-    out["loss"] = loss
-    out["logits"] = None
-    return out
+    as_tuple = extra.pop("return_dict", loss_kwargs.pop("return_dict", None))
+    as_tuple = (not getattr(model.config, "return_dict", True)) if as_tuple is None \
+        else not as_tuple
+    head = state.transforms.head(model)
+    out, hidden = without_logits(model, own, check=None if state.checked[0] else head,
+                                 **extra, **loss_kwargs)
+    state.checked[0] = True
+    loss = causal_lm_loss(head, hidden, labels, state, **loss_kwargs)
+    if getattr(out, "aux_loss", None) is not None:  # a mixture of experts', as the model adds it
+        loss = loss + _aux_coefficient(model) * out.aux_loss.to(loss.device)
+    fields = {k: v for k, v in out.items() if k not in ("loss", "logits")}
+    out = type(out)(loss=loss, **fields)  # (the loss first, as the model's own)
+    return out.to_tuple() if as_tuple else out
 
 
-def without_logits(model, forward, **inputs):
-    """``(forward(**inputs), the head's input)``, the head given none of its positions: the
-    model's own pass (without labels) up to its last hidden states, and logits with no
-    positions."""
+def _aux_coefficient(model):
+    for where in (model, _head.text_config(model), model.config):
+        coef = getattr(where, "router_aux_loss_coef", None)
+        if coef is not None:
+            return coef
+    raise NotImplementedError(f"{_name(model)} returns an auxiliary loss but has no "
+                              "router_aux_loss_coef: fastxent.transformers cannot tell how the "
+                              "model adds it to its loss")
+
+
+def without_logits(model, forward, check=None, **inputs):
+    """``(forward(**inputs, return_dict=True), the head's input)``: the model's own pass
+    (without labels) up to its last hidden states, the head given none of their positions, so
+    that the logits have none. With ``check`` (the model's :class:`~.head.Head`), the head gets
+    the last position instead, and the model's logits of it are compared with the head's
+    (:func:`.head.check_logits`)."""
     kept = []
 
     def keep(layer, args):
         kept.append(args[0])
-        return (args[0][..., :0, :],) + tuple(args[1:])
+        part = args[0][..., -1:, :] if check is not None else args[0][..., :0, :]
+        return (part,) + tuple(args[1:])
 
     hook = model.get_output_embeddings().register_forward_pre_hook(keep)
     try:
-        out = forward(**inputs)
+        out = forward(**dict(inputs, return_dict=True))
     finally:
         hook.remove()
     if len(kept) != 1:
         raise NotImplementedError(f"{_name(model)}.forward called its head {len(kept)} times: "
                                   "fastxent.transformers fuses one call of the head")
+    if check is not None:
+        _head.check_logits(model, check, kept[0][..., -1:, :], out["logits"])
     return out, kept[0]
 
 
