@@ -834,3 +834,27 @@ def test_bench_linear_gpu_pipeline_on_the_cpu():
     assert max(losses) - min(losses) < 2e-2  # bfloat16 logits
     table = linear.format_gpu_table(results, missing, 16, 8, 50, "bfloat16")
     assert "| fastxent.torch |" in table
+
+
+def test_torch_under_autocast_as_f_linear():
+    """Under bfloat16 autocast the products run in bfloat16, as F.linear's, and the loss is
+    float32, as F.cross_entropy's; the gradients reach the float32 leaves."""
+    g = torch.Generator().manual_seed(3)
+    leaves = [torch.randn(*s, generator=g).requires_grad_() for s in ((6, 8), (50, 8), (50,))]
+    t = torch.randint(0, 50, (6,), generator=g)
+    t[2] = -100
+    results = []
+    for fused in (False, True):
+        for a in leaves:
+            a.grad = None
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = (fxt.linear_cross_entropy(*leaves[:2], t, leaves[2]) if fused else
+                    torch.nn.functional.cross_entropy(torch.nn.functional.linear(*leaves), t))
+        loss.backward()
+        results.append((loss.detach(), [a.grad.clone() for a in leaves]))
+    (l0, g0), (l1, g1) = results
+    assert l1.dtype == l0.dtype == torch.float32
+    torch.testing.assert_close(l1, l0, rtol=1e-5, atol=0)
+    for a, b in zip(g1, g0):
+        assert a.dtype == torch.float32
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-2 * b.abs().max().item())
