@@ -535,3 +535,25 @@ def test_losses_of_their_own_and_encoder_decoders_are_refused():
         fxh.patch(transformers.BartForCausalLM(bart()))  # an unshifted cross-entropy
     with pytest.raises(NotImplementedError, match="encoder-decoder"):
         fxh.patch(transformers.BartForConditionalGeneration(bart()))
+
+
+def test_an_instance_forward_of_its_own_is_kept():
+    """A model whose instance already has a forward of its own, taking *args and **kwargs (as
+    accelerate's hooks install): the patch wraps it, and revert restores it."""
+    import functools
+
+    model = _model("llama")
+    calls = []
+
+    def hooked(module, *args, **kwargs):
+        calls.append(1)
+        return type(module).forward(module, *args, **kwargs)
+
+    own_forward = functools.partial(hooked, model)
+    model.forward = own_forward
+    inputs = _batch()
+    own = _loss_and_grads(model, **inputs)
+    fused = _loss_and_grads(fxh.patch(model), **inputs)
+    assert fused[2].logits is None and len(calls) == 2
+    _assert_same(own, fused)
+    assert fxh.revert(model).forward is own_forward

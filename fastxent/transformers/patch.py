@@ -196,12 +196,15 @@ def _own_forward(model, state):
 def _fused_forward(model, *args, **kwargs):
     state = model._fastxent_patch
     own = _own_forward(model, state)
-    call = inspect.signature(own).bind(*args, **kwargs)
+    # the arguments named by the class's forward (an instance's own, such as accelerate's
+    # hooks, may take *args and **kwargs)
+    cls_forward = type(model).forward
+    call = inspect.signature(cls_forward).bind(model, *args, **kwargs)
     labels = call.arguments.get("labels")
     if labels is None:
         return own(*args, **kwargs)
-    extra = {k: v for k, v in call.arguments.items() if k != "labels"}
-    loss_kwargs = dict(extra.pop(_var_keyword(own), None) or {})
+    extra = {k: v for k, v in list(call.arguments.items())[1:] if k != "labels"}
+    loss_kwargs = dict(extra.pop(_var_keyword(cls_forward), None) or {})
     as_tuple = extra.pop("return_dict", loss_kwargs.pop("return_dict", None))
     as_tuple = (not getattr(model.config, "return_dict", True)) if as_tuple is None \
         else not as_tuple
