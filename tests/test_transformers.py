@@ -557,3 +557,14 @@ def test_an_instance_forward_of_its_own_is_kept():
     assert fused[2].logits is None and len(calls) == 2
     _assert_same(own, fused)
     assert fxh.revert(model).forward is own_forward
+
+
+def test_torch_compile_of_a_patched_model():
+    model = _model("llama")
+    inputs = _batch()
+    own = _loss_and_grads(model, **inputs)
+    compiled = torch.compile(fxh.patch(model), backend="aot_eager")
+    for _ in range(2):  # the first call checks the logits; the second does not
+        loss, grads, out = _loss_and_grads(compiled, **inputs)
+        grads = {n.removeprefix("_orig_mod."): g for n, g in grads.items()}
+        _assert_same(own, (loss, grads, out))
