@@ -203,10 +203,8 @@ def linear_logprobs(hidden, weight, targets, bias=None, *, temperature=1.0, soft
     kind = _checks.target_kind(str(targets.dtype).replace("torch.", ""), tuple(targets.shape),
                                tuple(lead) + (v,))
     _checks.index_targets(kind, targets.dtype, "linear_logprobs")
-    temperature = _checks.real(temperature, "temperature", low=0.0, low_open=True)
-    cap = _checks.row_options(0.0, 0.0, softcap)[2]
+    temperature, cap = _linear_tokens.checked(temperature, softcap, chunk_size)
     ignore = _checks.ignore_index(ignore_index)
-    _linear_tokens.checked(temperature, cap, chunk_size)
     hidden, weight, bias = _as_autocast(hidden, weight, bias)  # as F.linear under autocast
     if temperature != 1.0:  # cap_c(x)/T = cap_{c/T}(x/T), and x/T = (h/T)·Wᵀ + b/T
         hidden = hidden / temperature
