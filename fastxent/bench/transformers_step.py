@@ -8,6 +8,9 @@ gradient show there) and the median time of ``--repeat`` more. Prints a Markdown
 
 - ``train``: ``model(input_ids, labels).loss.backward()`` (gradients set to None before each).
 - ``eval``: the same under ``torch.no_grad()`` (the loss alone, as an evaluation loop takes it).
+- ``stats``: the token statistics of an evaluation (NLL, entropy, argmax, rank) under
+  ``torch.no_grad()``: :func:`fastxent.token_stats` of the model's logits against
+  :func:`fastxent.transformers.evaluate`.
 - ``rl``: each next token's log-probability and entropy, and the backward pass of their sum
   (what a PPO or GRPO trainer asks of its policy): ``log_softmax`` of the model's logits
   against :func:`fastxent.transformers.logprobs`.
@@ -23,7 +26,7 @@ import time
 
 from ..evaluation.peak_memory import peak_rss_bytes, reset_peak_rss
 
-MODES = ("train", "eval", "rl")
+MODES = ("train", "eval", "stats", "rl")
 
 
 def _model(vocab, hidden, seed):
@@ -41,10 +44,11 @@ def child(spec):
     """In a fresh process: one case of ``spec`` → {"peak_rss_growth_bytes", "seconds"}."""
     import torch
 
+    import fastxent as fx
     import fastxent.transformers as fxh
 
     model = _model(spec["vocab"], spec["hidden"], spec["seed"])
-    if spec["patched"] and spec["mode"] != "rl":
+    if spec["patched"] and spec["mode"] in ("train", "eval"):
         fxh.patch(model)
     g = torch.Generator().manual_seed(spec["seed"] + 1)
     ids = torch.randint(0, spec["vocab"], (spec["batch"], spec["seq"]), generator=g)
@@ -59,7 +63,16 @@ def child(spec):
             entropy = -(logits.exp() * logits).sum(-1)
         return logp.sum() + 0.01 * entropy.sum()
 
+    def stats():
+        with torch.no_grad():
+            if spec["patched"]:
+                return fxh.evaluate(model, [ids])
+            logits = model(input_ids=ids).logits[:, :-1]
+            return fx.token_stats(logits.float().numpy(), ids[:, 1:].numpy())
+
     def step():
+        if spec["mode"] == "stats":
+            return stats()
         if spec["mode"] == "eval":
             with torch.no_grad():
                 return model(input_ids=ids, labels=ids).loss
