@@ -54,20 +54,31 @@ def temper(x, softcap, temperature):
 def run(ops, h, w, b, t, rows, softcap, temperature, partials):
     """The statistics (flat :class:`TokenStats` fields) of the rows of ``h`` (N, H) against
     class codes ``t`` (N,) on the host (-1: ignored): chunks of ``rows`` non-ignored rows."""
-    n, v = h.shape[0], w.shape[0]
+    n = h.shape[0]
     stats = np.full((n, 4), np.nan)  # ignored rows: NaN statistics, as the kernels leave them
     ints = np.full((n, 2), -1, np.int64)
+    for idx, _, _, x in chunk_logits(ops, h, w, b, t, rows):
+        temper(x, softcap, temperature)
+        stats[idx], ints[idx] = partials(x, t[idx])
+    return TokenStats(*finish(stats, ints, t < 0))
+
+
+def chunk_logits(ops, h, w, b, t, rows):
+    """The walk over chunks of ``rows`` non-ignored rows (class codes ``t`` on the host, -1:
+    ignored), each chunk's logits computed into one reused buffer: yields ``(rows' host index,
+    their index where ``ops`` works, their hidden states, their logits)``, the logits valid
+    until the next step."""
+    v = w.shape[0]
     chunks = _linear._chunks(t, rows)
     most = max((_linear._size(i) for i in chunks), default=0)
     buf = ops.empty((most * v,), h.dtype)
     for idx in chunks:
         m = _linear._size(idx)
-        hc = h[idx] if isinstance(idx, slice) else ops.take(h, ops.index(idx))
+        ix = idx if isinstance(idx, slice) else ops.index(idx)
+        hc = h[idx] if isinstance(idx, slice) else ops.take(h, ix)
         x = buf[:m * v].reshape(m, v)
         ops.logits(hc, w, b, x)
-        temper(x, softcap, temperature)
-        stats[idx], ints[idx] = partials(x, t[idx])
-    return TokenStats(*finish(stats, ints, t < 0))
+        yield idx, ix, hc, x
 
 
 def host_partials(backend):

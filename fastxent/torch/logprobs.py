@@ -17,12 +17,11 @@ import numpy as np
 import torch
 
 from ..dispatch import checks as _checks
-from ..losses import linear as _linear
 from ..losses import linear_tokens as _linear_tokens
 from . import composite as _composite
-from .linear import _check, _TorchOps
+from .linear import _check
 from .support import _as_autocast, _without_autocast
-from .tokens import _partials
+from .tokens import _partials, prepared
 
 
 def _compute(hidden):
@@ -31,17 +30,9 @@ def _compute(hidden):
 
 
 def _prepared(hidden, weight, target, bias, ignore_index, chunk_size):
-    """(h (N, H), w, b, host class codes (N,) with -1 for ignored, rows per chunk, ops)."""
-    lead, hdim, v = _check(hidden, weight, bias, target)
-    kind, t = _checks.targets(target.detach().cpu().numpy(), tuple(lead) + (v,),
-                              _checks.ignore_index(ignore_index))
-    _checks.index_targets(kind, target.dtype, "linear_logprobs")
-    rows = _linear_tokens.rows_per_chunk(chunk_size, int(np.count_nonzero(t >= 0)), v,
-                                         hidden.element_size(),
-                                         "cuda" if hidden.is_cuda else "cpu")
-    h = hidden.detach().reshape(-1, hdim).contiguous()
-    b = None if bias is None else bias.detach().contiguous()
-    return h, weight.detach().contiguous(), b, t, rows, _TorchOps(hidden.device)
+    """:func:`fastxent.torch.tokens.prepared` without the lead shape."""
+    return prepared(hidden, weight, target, bias, ignore_index, chunk_size,
+                    "linear_logprobs")[1:]
 
 
 @torch.library.custom_op("fastxent::linear_logprobs", mutates_args=())
@@ -86,15 +77,7 @@ def _backward_op(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tenso
     up_lp = zero if grad_logprob is None else grad_logprob.to(zero.dtype)
     up_h = zero if grad_entropy is None else grad_entropy.to(zero.dtype)
     td = torch.as_tensor(t, device=hidden.device)
-    chunks = _linear._chunks(t, rows)
-    most = max((_linear._size(i) for i in chunks), default=0)
-    buf = ops.empty((most * w.shape[0],), h.dtype)
-    for idx in chunks:
-        m = _linear._size(idx)
-        ix = idx if isinstance(idx, slice) else ops.index(idx)
-        hc = h[ix]
-        x = buf[:m * w.shape[0]].reshape(m, w.shape[0])
-        ops.logits(hc, w, b, x)
+    for idx, ix, hc, x in _linear_tokens.chunk_logits(ops, h, w, b, t, rows):
         y, slope = _composite.capped(x, softcap)
         d = y - lse[ix].to(y.dtype)[:, None]  # log p
         a, c = up_lp[ix].to(y.dtype)[:, None], up_h[ix].to(y.dtype)[:, None]

@@ -54,19 +54,28 @@ def linear_token_stats(hidden, weight, targets, bias=None, *, temperature=1.0, s
     >>> st.argmax, st.rank
     (array([0, 1]), array([0, 1]))
     """
-    lead, hdim, v = _check(hidden, weight, bias, targets)
+    _check(hidden, weight, bias, targets)
     temperature, softcap = _linear_tokens.checked(temperature, softcap, chunk_size)
-    ignore = _checks.ignore_index(ignore_index)
-    host_t = targets.detach().cpu().numpy()
-    kind, t = _checks.targets(host_t, tuple(lead) + (v,), ignore)
-    _checks.index_targets(kind, host_t.dtype, "linear_token_stats")
-    cuda = hidden.is_cuda
-    rows = _linear_tokens.rows_per_chunk(chunk_size, int(np.count_nonzero(t >= 0)), v,
-                                         hidden.element_size(), "cuda" if cuda else "cpu")
     hidden, weight, bias = _as_autocast(hidden, weight, bias)  # as F.linear under autocast
     with torch.no_grad(), torch.autocast(hidden.device.type, enabled=False):
-        h = hidden.detach().reshape(-1, hdim).contiguous()
-        b = None if bias is None else bias.detach().contiguous()
-        stats = _linear_tokens.run(_TorchOps(hidden.device), h, weight.detach().contiguous(), b,
-                                   t, rows, softcap, temperature, _partials(cuda))
+        lead, h, w, b, t, rows, ops = prepared(hidden, weight, targets, bias, ignore_index,
+                                               chunk_size, "linear_token_stats")
+        stats = _linear_tokens.run(ops, h, w, b, t, rows, softcap, temperature,
+                                   _partials(hidden.is_cuda))
     return TokenStats(*(f.reshape(lead) for f in stats))
+
+
+def prepared(hidden, weight, targets, bias, ignore_index, chunk_size, what):
+    """The chunk walk's arguments from checked tensors: ``(lead shape, h (N, H), w, b, host
+    class codes (N,) with -1 for ignored, rows per chunk, ops)``; ``what`` names the caller in
+    the error for targets that are not class indices."""
+    lead, hdim, v = _check(hidden, weight, bias, targets)
+    host_t = targets.detach().cpu().numpy()
+    kind, t = _checks.targets(host_t, tuple(lead) + (v,), _checks.ignore_index(ignore_index))
+    _checks.index_targets(kind, host_t.dtype, what)
+    rows = _linear_tokens.rows_per_chunk(chunk_size, int(np.count_nonzero(t >= 0)), v,
+                                         hidden.element_size(),
+                                         "cuda" if hidden.is_cuda else "cpu")
+    h = hidden.detach().reshape(-1, hdim).contiguous()
+    b = None if bias is None else bias.detach().contiguous()
+    return lead, h, weight.detach().contiguous(), b, t, rows, _TorchOps(hidden.device)
